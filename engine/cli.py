@@ -1,0 +1,187 @@
+"""The `mmrec` command line: serve, index, search, info and the demo."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from engine.config import EngineConfig
+from engine.types import EngineInfo, SearchHit
+
+app = typer.Typer(help="mmrec: multimodal search and recommendation over gRPC.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.",
+                                                exists=True, dir_okay=False)]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Store directory.")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Service address host:port.",
+                                        envvar="MMREC_TARGET")]
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    for noisy in ("httpx", "huggingface_hub", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config(config: Path | None, data_dir: Path | None, **service: Any) -> EngineConfig:
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["store"] = {"data_dir": data_dir}
+    service = {k: v for k, v in service.items() if v is not None}
+    if service:
+        overrides["service"] = service
+    cfg = EngineConfig.load(config, **overrides)
+    _setup_logging(cfg.log_level)
+    return cfg
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+) -> None:
+    """Serve the gRPC API (health and reflection included) until SIGTERM or Ctrl-C."""
+    from engine.service import serve as run_server
+
+    run_server(_config(config, data_dir, port=port, host=host))
+
+
+@app.command()
+def index(
+    catalog: Annotated[Path, typer.Argument(help="JSONL catalog: id, title, text, image, ...",
+                                            exists=True, dir_okay=False)],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per encoder batch.")] = 64,
+    dead_letter: Annotated[Path | None, typer.Option(
+        help="Where skipped rows go (JSONL); default: DATA_DIR/dead-letter.jsonl.")] = None,
+) -> None:
+    """Index a catalog into the store (no service may hold the same data dir)."""
+    from engine.pipeline import Engine
+    from indexers.job import index_catalog
+
+    cfg = _config(config, data_dir)
+    engine = Engine.from_config(cfg)
+    try:
+        letters = dead_letter or cfg.store.data_dir / "dead-letter.jsonl"
+        letters.parent.mkdir(parents=True, exist_ok=True)
+        summary = index_catalog(engine, catalog, batch_size=batch_size, dead_letter=letters)
+        count = engine.store.count()
+    finally:
+        engine.close()
+    console.print(
+        f"[bold]indexed[/] {summary.indexed} items, [bold]skipped[/] {summary.failed} bad rows "
+        f"in {summary.seconds:.1f} s ({summary.items_per_second:.1f} items/s; encoding "
+        f"{summary.encode_seconds:.1f} s, HNSW build {summary.optimize_seconds:.1f} s). "
+        f"Store holds {count} items.")
+    if summary.failed:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items()))
+        console.print(f"bad rows ({reasons}) written to {summary.dead_letter}")
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="Text query.")] = "",
+    image: Annotated[Path | None, typer.Option(help="Image file to search with.", exists=True,
+                                               dir_okay=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=0)] = 10,
+    tenant: Annotated[str, typer.Option(help="Tenant to search.")] = "",
+    target: TargetOpt = DEFAULT_TARGET,
+) -> None:
+    """Search a running service by text, image or both and print the results."""
+    from engine.client import MmrecClient
+
+    if not text and image is None:
+        raise typer.BadParameter("give a TEXT query, --image PATH, or both")
+    with MmrecClient(target) as client:
+        try:
+            reply = client.search(text=text, image=image, top_k=top_k, tenant=tenant)
+        except grpc.RpcError as exc:
+            _fail(exc)
+    label = " + ".join(filter(None, [repr(text) if text else "", str(image) if image else ""]))
+    print_hits(console, label, reply.hits, reply.channels)
+
+
+@app.command()
+def info(target: TargetOpt = DEFAULT_TARGET) -> None:
+    """Show a running service's models, channels and item count."""
+    from engine.client import MmrecClient
+
+    with MmrecClient(target) as client:
+        try:
+            details = client.info()
+        except grpc.RpcError as exc:
+            _fail(exc)
+    print_info(console, details)
+
+
+@app.command()
+def demo(
+    datasets: Annotated[Path, typer.Option(help="Where `make data` unpacked the data sets.")] = (
+        Path(".mmrec/datasets")),
+    data_dir: Annotated[Path, typer.Option(help="Store directory for the demo.")] = (
+        Path(".mmrec/demo")),
+    port: Annotated[int, typer.Option(help="Loopback port for the demo service.")] = 50071,
+    config: ConfigOpt = None,
+) -> None:
+    """Index MovieLens-100k films and Tux Paint stamps, serve them, and query over gRPC."""
+    from engine.demo import run_demo
+
+    cfg = _config(config, data_dir)
+    sys.exit(run_demo(cfg, datasets=datasets, port=port, config_file=config))
+
+
+def print_hits(out: Console, label: str, hits: list[SearchHit], channels: list[str]) -> None:
+    """A readable table of search results."""
+    table = Table(title=f"{label}  [dim](channels: {', '.join(channels)})[/]", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("id")
+    table.add_column("title")
+    table.add_column("details", overflow="fold")
+    for rank, hit in enumerate(hits, start=1):
+        attrs = hit.record.attributes
+        details = ", ".join(str(v) for k, v in attrs.items()
+                            if k in ("year", "category", "subcategory") and v) or hit.record.text
+        if "genres" in attrs:
+            details = f"{details}; {' '.join(attrs['genres'])}"
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.record.id, hit.record.title, details)
+    out.print(table)
+
+
+def print_info(out: Console, details: EngineInfo) -> None:
+    """Models, channels and counts of a service."""
+    out.print(f"mmrec {details.version} on {details.device}; store: {details.store}; "
+              f"{details.item_count} items")
+    for model in details.models:
+        state = "[green]loaded[/]" if model.loaded else f"[yellow]off[/] ({model.reason})"
+        out.print(f"  model {model.role}: {model.name}: {state}")
+    for channel in details.channels:
+        state = "on" if channel.enabled else "off"
+        out.print(f"  channel {channel.name}: {channel.dim}-d, weight {channel.weight:g}, {state}")
+
+
+def _fail(exc: grpc.RpcError) -> None:
+    code = exc.code().name if hasattr(exc, "code") else "ERROR"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    console.print(f"[red]{code}[/]: {details}")
+    raise typer.Exit(2)
+
+
+def main() -> None:
+    """Entry point for ``python -m engine``."""
+    app()

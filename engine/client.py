@@ -1,0 +1,123 @@
+"""A thin, typed Python client for the mmrec gRPC service.
+
+    with MmrecClient("127.0.0.1:50051") as client:
+        for hit in client.search(text="space adventure", top_k=5):
+            print(hit.score, hit.record.title)
+
+Errors arrive as ``grpc.RpcError`` with the server's status code and message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from engine import convert
+from engine.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.types import EngineInfo, ItemRecord, SearchHit
+
+SERVICE_NAME = "mmrec.v1.Recommender"
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertReport:
+    """What UpsertItems stored and what it rejected (index in the stream, id, reason)."""
+
+    upserted: int
+    rejected: list[tuple[int, str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchReply:
+    """Hits best first and the channels that built the query."""
+
+    hits: list[SearchHit]
+    channels: list[str]
+
+
+class MmrecClient:
+    """Blocking client over one channel; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, target: str, *, timeout: float | None = 30.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", 32 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ])
+        self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the service reports SERVING, or raise TimeoutError."""
+        deadline = time.monotonic() + timeout
+        request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        while True:
+            try:
+                status = self._health.Check(request, timeout=2.0).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mmrec at {self.target} not serving after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def search(self, *, text: str = "", image: bytes | Path | None = None, top_k: int = 0,
+               tenant: str = "") -> SearchReply:
+        """Search by text, image (bytes or a file path) or both."""
+        data = image.read_bytes() if isinstance(image, Path) else (image or b"")
+        response = self._stub.Search(
+            pb.SearchRequest(text=text, image=data, top_k=top_k, tenant=tenant),
+            timeout=self.timeout)
+        return SearchReply(hits=convert.hits_from_response(response),
+                           channels=list(response.channels))
+
+    def upsert_items(self, items: Iterable[tuple[ItemRecord, bytes | None]]) -> UpsertReport:
+        """Stream items (each with optional encoded image bytes) into the service."""
+
+        def messages() -> Iterator[pb.UpsertItemsRequest]:
+            for record, image in items:
+                item = convert.record_to_item(record)
+                if image:
+                    item.image = image
+                yield pb.UpsertItemsRequest(item=item)
+
+        response = self._stub.UpsertItems(messages(), timeout=self.timeout)
+        return UpsertReport(upserted=response.upserted,
+                            rejected=[(r.index, r.id, r.reason) for r in response.rejected])
+
+    def get_items(self, ids: Sequence[str], *, tenant: str = "") -> list[ItemRecord]:
+        """Items by id, in the order asked (NOT_FOUND if any is unknown)."""
+        response = self._stub.GetItems(pb.GetItemsRequest(ids=list(ids), tenant=tenant),
+                                       timeout=self.timeout)
+        return [convert.item_to_record(item) for item in response.items]
+
+    def delete_items(self, ids: Sequence[str], *, tenant: str = "") -> tuple[int, list[str]]:
+        """Delete items; returns (deleted count, ids that did not exist)."""
+        response = self._stub.DeleteItems(pb.DeleteItemsRequest(ids=list(ids), tenant=tenant),
+                                          timeout=self.timeout)
+        return response.deleted, list(response.missing_ids)
+
+    def info(self) -> EngineInfo:
+        """Models, channels, item count and device of the service."""
+        return convert.info_from_response(self._stub.GetInfo(pb.GetInfoRequest(),
+                                                             timeout=self.timeout))
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> MmrecClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,136 @@
+"""The one configuration object of mmrec.
+
+Values come, highest priority first, from keyword arguments, ``MMREC_*``
+environment variables (nested with ``__``: ``MMREC_SERVICE__PORT=50052``), a
+TOML file, and the defaults below. Only this module reads the environment; the
+resulting :class:`EngineConfig` is passed down explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Pooling = Literal["mean", "last_token", "cls"]
+
+
+class ClipSettings(BaseModel):
+    """The CLIP channel: one open_clip model embedding images and texts in one space."""
+
+    enabled: bool = True
+    model: str = Field("ViT-B-32", description="open_clip architecture or registry name.")
+    pretrained: str | None = Field(
+        "laion2b_s34b_b79k",
+        description="open_clip pretrained tag, or a path to a local weights file.",
+    )
+    image_weight: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Share of the image embedding in an item's CLIP part (the rest is CLIP text).",
+    )
+    batch_size: int = Field(32, ge=1)
+    random_weights: bool = Field(
+        False,
+        description=(
+            "Build the architecture with random weights instead of loading any. Only for tests "
+            "and speed benchmarks (cost does not depend on weights); never used by the demo."
+        ),
+    )
+
+    @field_validator("pretrained")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        """TOML and environment variables cannot say None: an empty string means no weights."""
+        return value or None
+
+
+class TextEncoderSettings(BaseModel):
+    """The LLM/transformer text channel."""
+
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Registry name, Hugging Face model id, or local folder.",
+    )
+    pooling: Pooling | None = Field(None, description="Overrides the registry's pooling.")
+    query_prefix: str | None = Field(None, description="Overrides the registry's query prefix.")
+    max_length: int = Field(256, ge=8)
+    batch_size: int = Field(64, ge=1)
+
+
+class ChannelWeights(BaseModel):
+    """Weight of each dense channel inside the fused vector (see DESIGN.md, 'The fused vector')."""
+
+    clip: float = Field(1.0, ge=0.0)
+    text: float = Field(1.0, ge=0.0)
+
+
+class StoreSettings(BaseModel):
+    """Where vectors live: an embedded Qdrant shard (default) or a Qdrant server."""
+
+    data_dir: Path = Path(".mmrec/data")
+    url: str | None = Field(None, description="Qdrant server URL; unset means the embedded store.")
+    api_key: str | None = None
+    collection: str = "mmrec_items"
+    hnsw_ef: int = Field(128, ge=4)
+    optimize_after: int = Field(
+        5000, ge=1,
+        description="Service-side upserts after which a background HNSW build starts.",
+    )
+
+
+class ServiceSettings(BaseModel):
+    """The gRPC service's limits and address."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    default_top_k: int = Field(10, ge=1)
+    max_top_k: int = Field(1000, ge=1)
+    max_text_chars: int = Field(4096, ge=1)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_ids_per_request: int = Field(1000, ge=1)
+    workers: int = Field(4, ge=1, description="Threads for encoding and store calls.")
+    grace_seconds: float = Field(5.0, ge=0.0, description="Drain time on SIGTERM.")
+
+
+class EngineConfig(BaseSettings):
+    """Everything the engine needs to start, in one object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MMREC_", env_nested_delimiter="__", extra="forbid", toml_file=None,
+    )
+
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'.")
+    log_level: str = "INFO"
+    clip: ClipSettings = ClipSettings()
+    text_encoder: TextEncoderSettings = TextEncoderSettings()
+    channels: ChannelWeights = ChannelWeights()
+    store: StoreSettings = StoreSettings()
+    service: ServiceSettings = ServiceSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments beat the environment, which beats the TOML file."""
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @classmethod
+    def load(cls, path: Path | None = None, **overrides: Any) -> EngineConfig:
+        """Read the configuration from an optional TOML file, the environment and overrides."""
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        with_file = {**cls.model_config, "toml_file": path}
+        bound = type(cls.__name__, (cls,), {"model_config": with_file})
+        return cls.model_validate(bound(**overrides).model_dump())

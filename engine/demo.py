@@ -1,0 +1,142 @@
+"""`mmrec demo`: index real public data, serve it on loopback, query it over gRPC.
+
+The demo runs the same paths a deployment does: the indexing job into an
+embedded Qdrant shard, then `mmrec serve` as a separate process, then the
+Python client over real gRPC. It prints what it measured.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+
+from engine.cli import print_hits, print_info
+from engine.client import MmrecClient
+from engine.config import EngineConfig
+from engine.pipeline import Engine
+from indexers.datasets import movielens_items, tuxpaint_items, write_jsonl
+from indexers.job import index_catalog
+
+TEXT_QUERIES = [
+    "toy story",
+    "a romantic comedy in New York",
+    "space adventure with aliens",
+    "a cute cat",
+    "a red fire truck",
+    "musical instrument",
+]
+IMAGE_QUERIES = ["animals/mammals/dogs/dog.png", "vehicles/emergency/firetruck.png",
+                 "hobbies/music/string/guitar_classical.png"]
+
+
+def find_stamps(datasets: Path) -> Path | None:
+    """The Tux Paint stamps folder: unpacked by `make data`, or installed system-wide."""
+    for candidate in (datasets / "tuxpaint/usr/share/tuxpaint/stamps",
+                      Path("/usr/share/tuxpaint/stamps")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def build_catalog(datasets: Path, out: Path, console: Console) -> Path | None:
+    """Write the demo catalog (films + stamps) as JSONL; None if the data is missing."""
+    films = datasets / "ml-100k"
+    stamps = find_stamps(datasets)
+    if not (films / "ml-100k.item").is_file() or stamps is None:
+        console.print(f"[red]demo data missing[/] under {datasets}: run `make data` "
+                      "(or `make demo`, which runs it)")
+        return None
+
+    def rows():  # type: ignore[no-untyped-def]
+        yield from movielens_items(films)
+        yield from tuxpaint_items(stamps)
+
+    count = write_jsonl(rows(), out)
+    console.print(f"catalog: {count} items (MovieLens-100k films from {films}, "
+                  f"Tux Paint stamps from {stamps}) -> {out}")
+    return out
+
+
+def run_demo(config: EngineConfig, *, datasets: Path, port: int,
+             config_file: Path | None = None) -> int:
+    """Index, serve, query, stop. Returns a process exit code."""
+    console = Console()
+    catalog = build_catalog(datasets, config.store.data_dir.parent / "demo-catalog.jsonl",
+                            console)
+    if catalog is None:
+        return 1
+
+    console.rule("1. index")
+    engine = Engine.from_config(config)
+    try:
+        letters = config.store.data_dir / "dead-letter.jsonl"
+        letters.unlink(missing_ok=True)
+        summary = index_catalog(engine, catalog, dead_letter=letters)
+    finally:
+        engine.close()
+    console.print(f"indexed {summary.indexed} items in {summary.seconds:.1f} s "
+                  f"({summary.items_per_second:.0f} items/s), {summary.failed} rows skipped")
+
+    console.rule("2. serve")
+    command = [sys.executable, "-m", "engine", "serve", "--data-dir", str(config.store.data_dir),
+               "--port", str(port)]
+    if config_file is not None:
+        command += ["--config", str(config_file)]
+    console.print(" ".join(command))
+    server = subprocess.Popen(command)
+    try:
+        with MmrecClient(f"127.0.0.1:{port}", timeout=60) as client:
+            started = time.perf_counter()
+            client.wait_ready(timeout=180)
+            console.print(f"service ready in {time.perf_counter() - started:.1f} s")
+            info = client.info()
+            print_info(console, info)
+            console.rule("3. query")
+            latencies = _text_queries(client, console)
+            _image_queries(client, console, info.models, find_stamps(datasets))
+        console.print(f"text query latency over gRPC: p50 {statistics.median(latencies):.0f} ms, "
+                      f"max {max(latencies):.0f} ms ({len(latencies)} queries, "
+                      f"device {info.device}, channels on: "
+                      f"{', '.join(c.name for c in info.channels if c.enabled)})")
+    finally:
+        server.terminate()
+        code = server.wait(timeout=60)
+    console.print(f"service stopped (exit code {code})")
+    return 0 if code == 0 else 1
+
+
+def _text_queries(client: MmrecClient, console: Console) -> list[float]:
+    client.search(text="warm-up", top_k=1)
+    latencies = []
+    for query in TEXT_QUERIES:
+        started = time.perf_counter()
+        reply = client.search(text=query, top_k=5)
+        latencies.append((time.perf_counter() - started) * 1000)
+        print_hits(console, repr(query), reply.hits, reply.channels)
+    return latencies
+
+
+def _image_queries(client: MmrecClient, console: Console, models: list,  # type: ignore[type-arg]
+                   stamps: Path | None) -> None:
+    clip = next((m for m in models if m.role == "clip"), None)
+    paths = [stamps / p for p in IMAGE_QUERIES if stamps and (stamps / p).is_file()]
+    if not paths:
+        console.print("image queries skipped: no query images found")
+        return
+    if clip is None or not clip.loaded:
+        reason = clip.reason if clip else "no CLIP model configured"
+        console.print(f"[yellow]image queries skipped[/]: the CLIP channel is off ({reason})")
+        try:
+            client.search(image=paths[0], top_k=5)
+        except grpc.RpcError as exc:
+            console.print(f"  (the service answers an image query with {exc.code().name})")
+        return
+    for path in paths:
+        reply = client.search(image=path, top_k=5)
+        print_hits(console, f"image {path.name}", reply.hits, reply.channels)

@@ -1,0 +1,197 @@
+"""The mmrec.v1.Recommender servicer: validates requests and calls the engine.
+
+Blocking work (encoders, store) runs on a bounded thread pool so the event
+loop keeps answering health checks, and every call is bounded by the
+request's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import grpc
+
+from engine import convert
+from engine.config import ServiceSettings
+from engine.errors import InvalidInput, MmrecError, NotFound
+from engine.images import decode_image
+from engine.pipeline import Engine, ItemInput, SearchQuery
+from engine.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.service.status import mapped_errors
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+UPSERT_BATCH = 64
+MAX_ID_CHARS = 512
+MAX_TENANT_CHARS = 128
+
+
+class RecommenderService(pb_grpc.RecommenderServicer):
+    """gRPC front of an :class:`Engine`."""
+
+    def __init__(self, engine: Engine, settings: ServiceSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="mmrec-rpc")
+
+    async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T],
+                   *args: object) -> T:
+        """Run blocking engine work off the event loop, within the request's deadline."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.pool, fn, *args)
+        remaining = context.time_remaining()
+        return await asyncio.wait_for(future, timeout=remaining)
+
+    # ----------------------------------------------------------------- Search
+    @mapped_errors
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
+                     ) -> pb.SearchResponse:
+        """Validate a search, encode the query and return the nearest items."""
+        query = self._search_query(request)
+        result = await self._run(context, self.engine.search, query)
+        return convert.search_response(result)
+
+    def _search_query(self, request: pb.SearchRequest) -> SearchQuery:
+        s = self.settings
+        text = request.text.strip()
+        if not text and not request.image:
+            raise InvalidInput("the query is empty: set `text`, `image`, or both")
+        if len(request.text) > s.max_text_chars:
+            raise InvalidInput(f"`text` has {len(request.text)} characters; the limit is "
+                               f"{s.max_text_chars}: shorten the query")
+        if request.top_k > s.max_top_k:
+            raise InvalidInput(f"top_k {request.top_k} is out of range: ask for 1 to "
+                               f"{s.max_top_k} results (0 means {s.default_top_k})")
+        image = None
+        if request.image:
+            if len(request.image) > s.max_image_bytes:
+                raise InvalidInput(f"`image` is {len(request.image):,} bytes; the limit is "
+                                   f"{s.max_image_bytes:,}: send a smaller image")
+            image = decode_image(request.image, what="`image`")
+        return SearchQuery(text=text, image=image, top_k=request.top_k or s.default_top_k,
+                           tenant=_tenant(request.tenant))
+
+    # ------------------------------------------------------------ UpsertItems
+    @mapped_errors
+    async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
+                          context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
+        """Store a stream of items in batches; report each invalid one and keep going.
+
+        Reading pauses while a batch is encoded, so gRPC flow control pushes
+        back on a fast client instead of buffering the stream in memory.
+        """
+        upserted = 0
+        rejected: list[pb.RejectedItem] = []
+        batch: dict[str, tuple[int, ItemInput]] = {}
+        index = -1
+        async for message in request_iterator:
+            index += 1
+            try:
+                item = self._item_input(message.item)
+            except MmrecError as exc:
+                rejected.append(pb.RejectedItem(index=index, id=message.item.id, reason=str(exc)))
+                continue
+            batch[item.record.point_id] = (index, item)  # a later copy of an id wins
+            if len(batch) >= UPSERT_BATCH:
+                upserted += await self._flush(context, batch, rejected)
+        upserted += await self._flush(context, batch, rejected)
+        return pb.UpsertItemsResponse(upserted=upserted, rejected=rejected)
+
+    async def _flush(self, context: grpc.aio.ServicerContext,
+                     batch: dict[str, tuple[int, ItemInput]], rejected: list[pb.RejectedItem]
+                     ) -> int:
+        """Upsert a batch; if it fails validation, retry item by item to isolate the bad ones."""
+        entries = list(batch.values())
+        batch.clear()
+        if not entries:
+            return 0
+        try:
+            return await self._run(context, self.engine.upsert, [item for _, item in entries])
+        except InvalidInput:
+            pass
+        done = 0
+        for index, item in entries:
+            try:
+                done += await self._run(context, self.engine.upsert, [item])
+            except InvalidInput as exc:
+                rejected.append(pb.RejectedItem(index=index, id=item.record.id, reason=str(exc)))
+        return done
+
+    def _item_input(self, item: pb.Item) -> ItemInput:
+        if not item.id.strip():
+            raise InvalidInput("item has no `id`")
+        if len(item.id) > MAX_ID_CHARS:
+            raise InvalidInput(f"item id is {len(item.id)} characters; the limit is {MAX_ID_CHARS}")
+        _tenant(item.tenant)
+        image = None
+        if item.image:
+            if len(item.image) > self.settings.max_image_bytes:
+                raise InvalidInput(f"item {item.id!r}: image is {len(item.image):,} bytes; the "
+                                   f"limit is {self.settings.max_image_bytes:,}")
+            image = decode_image(item.image, what=f"item {item.id!r} image")
+        record = convert.item_to_record(item)
+        if not record.document_text and image is None:
+            raise InvalidInput(f"item {item.id!r} has no title, no text and no image")
+        return ItemInput(record=record, image=image)
+
+    # --------------------------------------------------------- Get and Delete
+    @mapped_errors
+    async def GetItems(self, request: pb.GetItemsRequest, context: grpc.aio.ServicerContext
+                       ) -> pb.GetItemsResponse:
+        """The items asked for, in order; NOT_FOUND names any id that does not exist."""
+        ids = self._ids(request.ids)
+        records = await self._run(context, self.engine.get, ids, _tenant(request.tenant))
+        found = {r.id for r in records}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            shown = ", ".join(repr(i) for i in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise NotFound(f"{len(missing)} unknown item id(s) in tenant "
+                           f"{_tenant(request.tenant)!r}: {shown}{more}")
+        by_id = {r.id: r for r in records}
+        return pb.GetItemsResponse(items=[convert.record_to_item(by_id[i]) for i in ids])
+
+    @mapped_errors
+    async def DeleteItems(self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.DeleteItemsResponse:
+        """Delete items; unknown ids are listed, so retrying a delete is safe."""
+        ids = self._ids(request.ids)
+        tenant = _tenant(request.tenant)
+        existing = {r.id for r in await self._run(context, self.engine.get, ids, tenant)}
+        deleted = await self._run(context, self.engine.delete, sorted(existing), tenant)
+        return pb.DeleteItemsResponse(deleted=deleted,
+                                      missing_ids=[i for i in ids if i not in existing])
+
+    def _ids(self, ids: list[str]) -> list[str]:
+        if not ids:
+            raise InvalidInput("`ids` is empty: name at least one item id")
+        if len(ids) > self.settings.max_ids_per_request:
+            raise InvalidInput(f"{len(ids)} ids in one request; the limit is "
+                               f"{self.settings.max_ids_per_request}: split the request")
+        if any(not i.strip() for i in ids):
+            raise InvalidInput("`ids` contains an empty id")
+        return list(dict.fromkeys(ids))
+
+    # ---------------------------------------------------------------- GetInfo
+    @mapped_errors
+    async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
+                      ) -> pb.GetInfoResponse:
+        """Models, channels, item count and device."""
+        info = await self._run(context, self.engine.info)
+        return convert.info_response(info)
+
+    def close(self) -> None:
+        """Stop the worker threads (after in-flight calls finish)."""
+        self.pool.shutdown(wait=True)
+
+
+def _tenant(value: str) -> str:
+    if len(value) > MAX_TENANT_CHARS:
+        raise InvalidInput(f"tenant is {len(value)} characters; the limit is {MAX_TENANT_CHARS}")
+    return convert.tenant_of(value)

@@ -1,0 +1,72 @@
+"""Domain errors to gRPC status codes, in exactly one place."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from engine.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    MmrecError,
+    ModelUnavailable,
+    NotFound,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[MmrecError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code(error: MmrecError) -> grpc.StatusCode:
+    """The status code for a domain error (most specific class wins)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+R = TypeVar("R")
+Handler = Callable[..., Awaitable[R]]
+
+
+def mapped_errors(handler: Handler[R]) -> Handler[R]:
+    """Wrap an async RPC handler so domain errors become the right status and message.
+
+    Timeouts become DEADLINE_EXCEEDED; anything unexpected becomes INTERNAL
+    with a pointer to the server log (the traceback is logged, not sent).
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await handler(self, request, context)
+        except MmrecError as exc:
+            await context.abort(status_code(exc), str(exc))
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                "the request's deadline passed before the work finished; "
+                                "allow more time or ask for fewer results")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            log.exception("unexpected error in %s", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"internal error ({exc.__class__.__name__}); see the server log")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
