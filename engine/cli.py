@@ -35,6 +35,13 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _quiet_model_loading() -> None:
+    """Per-load weight progress bars from transformers add noise to our own progress output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _config(config: Path | None, data_dir: Path | None, **service: Any) -> EngineConfig:
     overrides: dict[str, Any] = {}
     if data_dir is not None:
@@ -57,7 +64,9 @@ def serve(
     """Serve the gRPC API (health and reflection included) until SIGTERM or Ctrl-C."""
     from engine.service import serve as run_server
 
-    run_server(_config(config, data_dir, port=port, host=host))
+    cfg = _config(config, data_dir, port=port, host=host)
+    _quiet_model_loading()
+    run_server(cfg)
 
 
 @app.command()
@@ -75,6 +84,7 @@ def index(
     from indexers.job import index_catalog
 
     cfg = _config(config, data_dir)
+    _quiet_model_loading()
     engine = Engine.from_config(cfg)
     try:
         letters = dead_letter or cfg.store.data_dir / "dead-letter.jsonl"
@@ -142,6 +152,7 @@ def demo(
     from engine.demo import run_demo
 
     cfg = _config(config, data_dir)
+    _quiet_model_loading()
     sys.exit(run_demo(cfg, datasets=datasets, port=port, config_file=config))
 
 
@@ -150,7 +161,7 @@ def print_hits(out: Console, label: str, hits: list[SearchHit], channels: list[s
     table = Table(title=f"{label}  [dim](channels: {', '.join(channels)})[/]", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
-    table.add_column("id")
+    table.add_column("id", overflow="fold")
     table.add_column("title")
     table.add_column("details", overflow="fold")
     for rank, hit in enumerate(hits, start=1):

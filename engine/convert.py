@@ -35,9 +35,21 @@ def attributes_to_struct(attributes: dict[str, Any] | Any) -> struct_pb2.Struct:
     return struct
 
 
+def _json_numbers(value: Any) -> Any:
+    """Struct holds every number as a double; give whole numbers back as ints (JSON semantics)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers(v) for v in value]
+    return value
+
+
 def item_to_record(item: pb.Item) -> ItemRecord:
     """A wire Item as an ItemRecord (the image bytes are handled separately)."""
-    attributes = json_format.MessageToDict(item.attributes) if item.HasField("attributes") else {}
+    attributes = (_json_numbers(json_format.MessageToDict(item.attributes))
+                  if item.HasField("attributes") else {})
     return ItemRecord(
         id=item.id,
         tenant=tenant_of(item.tenant),

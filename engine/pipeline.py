@@ -211,6 +211,7 @@ def _load_clip(config: EngineConfig, device: str) -> tuple[ClipEncoder | None, M
     try:
         encoder = create_clip_encoder(config.clip, device)
     except ModelUnavailable as exc:
-        log.warning("CLIP channel off: %s. Text search works; image search is refused.", exc)
+        log.warning("CLIP channel off: %s Text search works; image search is refused.",
+                    str(exc).rstrip(".") + ".")
         return None, ModelStatus(CLIP, wanted, False, str(exc))
     return encoder, ModelStatus(CLIP, encoder.name, True)

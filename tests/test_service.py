@@ -243,7 +243,7 @@ def test_client_round_trip(server: ServerThread) -> None:
                             attributes={"colour": "black", "watts": 6})
         assert client.upsert_items([(record, None)]).upserted == 1
         [got] = client.get_items(["lamp"])
-        assert got == record
+        assert got == record and type(got.attributes["watts"]) is int
         reply = client.search(text="Desk lamp. LED desk lamp", top_k=1)
         assert reply.hits[0].record == record
         assert client.delete_items(["lamp", "x"]) == (1, ["x"])

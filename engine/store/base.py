@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import json
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -113,14 +114,19 @@ def vector_values(schema: VectorSchema, name: str, vector: Any) -> list[float]:
         raise InvalidInput(
             f"vector {name!r} is all zeros; leave a channel without data out instead"
         )
-    return [float(value) for value in array]
+    values: list[float] = array.tolist()
+    return values
 
 
 def check_limit(limit: int) -> int:
-    """Reject a search limit below 1 (``InvalidInput``)."""
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+    """The search limit as an ``int``; ``InvalidInput`` unless it is an integer >= 1."""
+    try:
+        value = operator.index(limit)
+    except TypeError:
+        value = 0
+    if isinstance(limit, bool) or value < 1:
         raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
-    return limit
+    return value
 
 
 def record_to_payload(record: ItemRecord) -> dict[str, Any]:
