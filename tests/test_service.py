@@ -247,3 +247,28 @@ def test_client_round_trip(server: ServerThread) -> None:
         reply = client.search(text="Desk lamp. LED desk lamp", top_k=1)
         assert reply.hits[0].record == record
         assert client.delete_items(["lamp", "x"]) == (1, ["x"])
+
+
+def test_service_writes_start_a_background_index_build(tmp_path: Path, tiny_text_dir: Path
+                                                       ) -> None:
+    config = make_config(tmp_path / "store", tiny_text_dir).model_copy(deep=True)
+    config.store.optimize_after = 3
+    eng = Engine.from_config(config)
+    first_shard = eng.store.shard_path  # type: ignore[attr-defined]
+    srv = ServerThread(eng, config)
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+            assert upsert(stub, APPLE, BIKE).upserted == 2
+            assert eng.store.shard_path == first_shard  # type: ignore[attr-defined]
+            assert upsert(stub, pb.Item(id="c", title="Chair")).upserted == 1
+            deadline = time.monotonic() + 60
+            while eng.store.shard_path == first_shard and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                reply = stub.Search(pb.SearchRequest(text="Chair", top_k=1), timeout=10)
+                assert reply.results[0].id == "c"  # served throughout the build
+                time.sleep(0.05)
+            assert eng.store.shard_path != first_shard  # type: ignore[attr-defined]
+            assert stub.GetInfo(pb.GetInfoRequest(), timeout=10).item_count == 3
+    finally:
+        srv.stop()
+        eng.close()

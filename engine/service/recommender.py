@@ -39,6 +39,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.engine = engine
         self.settings = settings
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="mmrec-rpc")
+        self._writes_since_build = 0
 
     async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T],
                    *args: object) -> T:
@@ -112,16 +113,28 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if not entries:
             return 0
         try:
-            return await self._run(context, self.engine.upsert, [item for _, item in entries])
+            done = await self._run(context, self.engine.upsert, [item for _, item in entries])
         except InvalidInput:
-            pass
-        done = 0
-        for index, item in entries:
-            try:
-                done += await self._run(context, self.engine.upsert, [item])
-            except InvalidInput as exc:
-                rejected.append(pb.RejectedItem(index=index, id=item.record.id, reason=str(exc)))
+            done = 0
+            for index, item in entries:
+                try:
+                    done += await self._run(context, self.engine.upsert, [item])
+                except InvalidInput as exc:
+                    rejected.append(pb.RejectedItem(index=index, id=item.record.id,
+                                                    reason=str(exc)))
+        self._schedule_index_build(done)
         return done
+
+    def _schedule_index_build(self, written: int) -> None:
+        """Start a background HNSW build after every `store.optimize_after` writes.
+
+        Items written through the service are searched by brute force until a
+        build folds them into the index; the store builds without blocking reads.
+        """
+        self._writes_since_build += written
+        if self._writes_since_build >= self.engine.config.store.optimize_after:
+            self._writes_since_build = 0
+            self.engine.store.optimize()
 
     def _item_input(self, item: pb.Item) -> ItemInput:
         if not item.id.strip():
