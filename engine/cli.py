@@ -166,10 +166,12 @@ def print_hits(out: Console, label: str, hits: list[SearchHit], channels: list[s
     table.add_column("details", overflow="fold")
     for rank, hit in enumerate(hits, start=1):
         attrs = hit.record.attributes
-        details = ", ".join(str(v) for k, v in attrs.items()
-                            if k in ("year", "category", "subcategory") and v) or hit.record.text
-        if "genres" in attrs:
-            details = f"{details}; {' '.join(attrs['genres'])}"
+        if "genres" in attrs:  # a film
+            details = f"{attrs.get('year') or ''} {', '.join(attrs['genres'])}".strip()
+        elif "category" in attrs:  # a stamp
+            details = "/".join(filter(None, (attrs["category"], attrs.get("subcategory"))))
+        else:
+            details = hit.record.text
         table.add_row(str(rank), f"{hit.score:.3f}", hit.record.id, hit.record.title, details)
     out.print(table)
 
