@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import grpc
 import typer
@@ -15,6 +15,9 @@ from rich.table import Table
 
 from engine.config import EngineConfig
 from engine.types import EngineInfo, SearchHit
+
+if TYPE_CHECKING:
+    from indexers.pipeline import JobSummary
 
 app = typer.Typer(help="mmrec: multimodal search and recommendation over gRPC.",
                   no_args_is_help=True, add_completion=False)
@@ -71,36 +74,66 @@ def serve(
 
 @app.command()
 def index(
-    catalog: Annotated[Path, typer.Argument(help="JSONL catalog: id, title, text, image, ...",
-                                            exists=True, dir_okay=False)],
+    source: Annotated[Path, typer.Argument(
+        help="Catalog: JSONL, CSV/TSV, Parquet, or a folder of images with sidecar captions.",
+        exists=True)],
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
+    service: Annotated[str | None, typer.Option(
+        help="Write through a running service (host:port) instead of the data dir.")] = None,
+    source_format: Annotated[str | None, typer.Option(
+        "--format", help="jsonl, csv, parquet or folder; default: from the name.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Items per encoder batch.")] = 64,
+    workers: Annotated[int, typer.Option(min=1, help="Image fetch/decode threads.")] = 2,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    checkpoint_seconds: Annotated[float, typer.Option(
+        min=0, help="Longest time between checkpoints.")] = 5.0,
+    restart: Annotated[bool, typer.Option(help="Ignore the checkpoint; index all again.")] = False,
+    allow_http: Annotated[bool, typer.Option(help="Fetch http(s) image URLs.")] = False,
+    http_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per attempt.")] = 10.0,
+    http_retries: Annotated[int, typer.Option(min=0, help="Extra attempts per image.")] = 2,
     dead_letter: Annotated[Path | None, typer.Option(
-        help="Where skipped rows go (JSONL); default: DATA_DIR/dead-letter.jsonl.")] = None,
+        help="Where skipped rows go (JSONL); default: next to the checkpoint.")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(
+        help="Where checkpoints go; default: DATA_DIR/jobs.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Index a catalog into the store (no service may hold the same data dir)."""
-    from engine.pipeline import Engine
-    from indexers.job import index_catalog
+    """Index a catalog: bad rows are dead-lettered, re-runs change nothing, kills resume."""
+    from indexers.fetch import FetchOptions
+    from indexers.job import run_index_job
+    from indexers.pipeline import JobOptions
 
     cfg = _config(config, data_dir)
+    if device is not None:
+        cfg = cfg.model_copy(update={"device": device})
     _quiet_model_loading()
-    engine = Engine.from_config(cfg)
-    try:
-        letters = dead_letter or cfg.store.data_dir / "dead-letter.jsonl"
-        letters.parent.mkdir(parents=True, exist_ok=True)
-        summary = index_catalog(engine, catalog, batch_size=batch_size, dead_letter=letters)
-        count = engine.store.count()
-    finally:
-        engine.close()
-    console.print(
-        f"[bold]indexed[/] {summary.indexed} items, [bold]skipped[/] {summary.failed} bad rows "
-        f"in {summary.seconds:.1f} s ({summary.items_per_second:.1f} items/s; encoding "
-        f"{summary.encode_seconds:.1f} s, HNSW build {summary.optimize_seconds:.1f} s). "
-        f"Store holds {count} items.")
+    summary = run_index_job(
+        cfg, source, service=service, source_format=source_format,
+        options=JobOptions(batch_size=batch_size, workers=workers, restart=restart,
+                           checkpoint_seconds=checkpoint_seconds, progress=progress),
+        fetch=FetchOptions(allow_http=allow_http, timeout=http_timeout, retries=http_retries),
+        dead_letter=dead_letter, checkpoint_dir=checkpoint_dir)
+    print_summary(console, summary)
+
+
+def print_summary(out: Console, summary: JobSummary) -> None:
+    """The end-of-job report: counts, time, and items/s per stage."""
+    if summary.already_done:
+        out.print(f"already indexed: nothing to do (store holds {summary.store_count} items; "
+                  "--restart indexes again)")
+        return
+    resumed = f" (resumed after row {summary.resumed_from})" if summary.resumed_from else ""
+    out.print(f"[bold]indexed[/] {summary.indexed} items, [bold]failed[/] {summary.failed} rows"
+              f"{resumed}; this run {summary.seconds:.1f} s, {summary.items_per_second:.1f} rows/s"
+              f", index build {summary.finish_seconds:.1f} s. Store holds "
+              f"{summary.store_count} items.")
+    rates = summary.stage_rates()
+    out.print("  stages (items per busy second): " + ", ".join(
+        f"{stage} {rates[stage]:.0f}/s ({summary.stage_seconds[stage]:.1f} s)"
+        for stage in rates))
     if summary.failed:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items()))
-        console.print(f"bad rows ({reasons}) written to {summary.dead_letter}")
+        out.print(f"  failed rows ({reasons}) are listed in {summary.dead_letter}")
 
 
 @app.command()

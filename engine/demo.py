@@ -16,12 +16,11 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from engine.cli import print_hits, print_info
+from engine.cli import print_hits, print_info, print_summary
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.pipeline import Engine
 from indexers.datasets import movielens_items, tuxpaint_items, write_jsonl
-from indexers.job import index_catalog
+from indexers.job import run_index_job
 
 TEXT_QUERIES = [
     "toy story",
@@ -57,7 +56,12 @@ def build_catalog(datasets: Path, out: Path, console: Console) -> Path | None:
         yield from movielens_items(films)
         yield from tuxpaint_items(stamps)
 
-    count = write_jsonl(rows(), out)
+    fresh = out.with_suffix(".new")
+    count = write_jsonl(rows(), fresh)
+    if out.is_file() and out.read_bytes() == fresh.read_bytes():
+        fresh.unlink()  # unchanged: keep the file, so the indexer's checkpoint still matches
+    else:
+        fresh.replace(out)
     console.print(f"catalog: {count} items (MovieLens-100k films from {films}, "
                   f"Tux Paint stamps from {stamps}) -> {out}")
     return out
@@ -73,15 +77,8 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
         return 1
 
     console.rule("1. index")
-    engine = Engine.from_config(config)
-    try:
-        letters = config.store.data_dir / "dead-letter.jsonl"
-        letters.unlink(missing_ok=True)
-        summary = index_catalog(engine, catalog, dead_letter=letters)
-    finally:
-        engine.close()
-    console.print(f"indexed {summary.indexed} items in {summary.seconds:.1f} s "
-                  f"({summary.items_per_second:.0f} items/s), {summary.failed} rows skipped")
+    summary = run_index_job(config, catalog)
+    print_summary(console, summary)
 
     console.rule("2. serve")
     command = [sys.executable, "-m", "engine", "serve", "--data-dir", str(config.store.data_dir),
