@@ -55,7 +55,7 @@ def load_catalogs(films: int, stamps: int, folder: Path) -> dict[str, Path]:
            "image+text (Tux Paint stamps)": folder / "stamps.jsonl"}
     write_jsonl(iter(film_rows), out["text-only (MovieLens films)"])
     write_jsonl(iter(stamp_rows), out["image+text (Tux Paint stamps)"])
-    return out
+    return {name: path for name, path in out.items() if path.stat().st_size}
 
 
 def raw_seconds(engine: Engine, catalog: Path) -> float:
@@ -71,7 +71,7 @@ def raw_seconds(engine: Engine, catalog: Path) -> float:
     return time.perf_counter() - started
 
 
-def pipeline_seconds(engine: Engine, catalog: Path, batch_size: int, scratch: Path
+def pipeline_seconds(engine: Engine, catalog: Path, options: JobOptions, scratch: Path
                      ) -> tuple[float, float, dict[str, float]]:
     """Run the real job into a fresh store; returns (streaming s, with index build s, rates)."""
     scratch.mkdir(parents=True)
@@ -81,7 +81,7 @@ def pipeline_seconds(engine: Engine, catalog: Path, batch_size: int, scratch: Pa
         checkpoint, letters = job_files(scratch / "jobs", catalog)
         job = IndexJob(open_source(catalog), StoreTarget(engine, FetchOptions()),
                        checkpoint_file=checkpoint, dead_letter=letters,
-                       options=JobOptions(batch_size=batch_size, progress=False))
+                       options=options)
         summary = job.run()
         assert summary.failed == 0, summary.reasons
     finally:
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--stamps", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--group-batches", type=int, default=JobOptions.group_batches)
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +119,9 @@ def main() -> None:
             raws, streams, totals, rates = [], [], [], []
             for repeat in range(args.repeats):
                 raws.append(raw_seconds(engine, catalog))
-                stream, total, rate = pipeline_seconds(engine, catalog, args.batch_size,
+                options = JobOptions(batch_size=args.batch_size, progress=False,
+                                     group_batches=args.group_batches)
+                stream, total, rate = pipeline_seconds(engine, catalog, options,
                                                        Path(tmp) / f"run{run}-{repeat}")
                 streams.append(stream)
                 totals.append(total)
@@ -128,6 +131,7 @@ def main() -> None:
             raw, stream, total = (statistics.median(v) for v in (raws, streams, totals))
             results.append({
                 "catalog": name, "items": items, "batch_size": args.batch_size,
+                "group_batches": args.group_batches,
                 "device": engine.device, "text_model": engine.text.name,
                 "clip_model": engine.clip.name if engine.clip else "off",
                 "raw_items_per_s": items / raw, "pipeline_items_per_s": items / stream,

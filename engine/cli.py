@@ -104,8 +104,9 @@ def index(
     from indexers.pipeline import JobOptions
 
     cfg = _config(config, data_dir)
+    cfg.clip.batch_size = cfg.text_encoder.batch_size = batch_size
     if device is not None:
-        cfg = cfg.model_copy(update={"device": device})
+        cfg.device = device
     _quiet_model_loading()
     summary = run_index_job(
         cfg, source, service=service, source_format=source_format,

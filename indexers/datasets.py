@@ -54,7 +54,7 @@ def tuxpaint_items(stamps: Path) -> Iterator[dict[str, Any]]:
             "id": f"tux-{relative.as_posix()}",
             "title": caption.rstrip("."),
             "text": "",
-            "image": str(png) if png.exists() else "",
+            "image": str(png.resolve()) if png.exists() else "",
             "source": "tuxpaint-stamps",
             "category": parts[0] if len(parts) > 1 else "",
             "subcategory": "/".join(parts[1:-1]),

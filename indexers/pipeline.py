@@ -43,6 +43,11 @@ class JobOptions:
     """Knobs of a job; the defaults suit a 2-core machine and a CPU encoder."""
 
     batch_size: int = 64
+    """Items per encoder forward pass (set the engine's encoder batch sizes to match)."""
+    group_batches: int = 8
+    """Batches handed to the encoders at once: they sort a group by text length before
+    batching, which cuts padding (MovieLens titles: ~1.4x faster than batches in catalog
+    order). Memory: up to batch_size * group_batches decoded images (<= 512 px) in flight."""
     workers: int = 2
     """Threads that fetch, decode and shrink images."""
     prefetch_batches: int = 4
@@ -253,10 +258,11 @@ class IndexJob:
         self._put(rows, None)
 
     def _encode(self, rows: queue.Queue[Any], units: queue.Queue[Any], position: int) -> None:
-        """Collect prepared rows in source order into batches, encode, pass to the writer."""
+        """Collect prepared rows in source order into groups, encode, pass to the writer."""
         batch: list[Prepared] = []
         batch_rows: list[SourceRow] = []
         bad: list[tuple[SourceRow, str, str]] = []
+        group = self.options.batch_size * self.options.group_batches
         while True:
             entry = self._get(rows)
             if entry is not None:
@@ -271,7 +277,7 @@ class IndexJob:
                     except MmrecError as exc:
                         bad.append((row, str((row.fields or {}).get("id", "")), str(exc)))
                     self._count("prepare", 1)
-                if len(batch) < self.options.batch_size and len(bad) < self.options.batch_size:
+                if len(batch) < group and len(bad) < group:
                     continue
             if batch:
                 encoded, rejected = self._timed("encode", self.target.encode, batch)

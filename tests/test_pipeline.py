@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def test_sigkill_at_any_moment_then_resume_loses_and_duplicates_nothing(
     proc = index_process(catalog, config, data_dir)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
-    assert f"resumed after row {kills[1]}" in output or "resumed after row" in output
+    resumed = re.search(r"resumed after row (\d+)", " ".join(output.split()))
+    assert resumed and kills[1] <= int(resumed.group(1)) < ROWS, output
 
     engine = Engine.from_config(make_config(data_dir, tiny_text_dir))
     try:
@@ -116,7 +118,7 @@ def test_target_failure_stops_the_job_and_resume_completes(
     catalog, valid, bad = big_catalog(tmp_path / "catalog.jsonl")
     checkpoint, letters = cp.job_files(tmp_path / "jobs", catalog)
     options = JobOptions(batch_size=16, checkpoint_seconds=0, progress=False)
-    failing = FakeFailingTarget(engine, FetchOptions(), fail_after=20)
+    failing = FakeFailingTarget(engine, FetchOptions(), fail_after=4)
     with pytest.raises(Unavailable, match="injected"):
         IndexJob(open_source(catalog), failing, checkpoint_file=checkpoint, dead_letter=letters,
                  options=options).run()
