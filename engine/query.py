@@ -1,0 +1,117 @@
+"""Domain types of hybrid retrieval: channel queries, payload filters, fused hits.
+
+The pipeline builds a :class:`HybridQuery`; a store answers it with one Query
+API call (a prefetch per channel, fused by RRF or DBSF, the filter applied inside
+every prefetch). Nothing here knows Qdrant or protobuf types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from engine.types import ItemRecord
+
+Fusion = Literal["rrf", "dbsf"]
+
+
+@dataclass(frozen=True, slots=True)
+class SparseVector:
+    """A sparse vector (the lexical channel): sorted unique term ids and their weights."""
+
+    indices: np.ndarray
+    """int64 term ids, strictly increasing."""
+    values: np.ndarray
+    """float32 weights, aligned with ``indices``."""
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Payload ``key`` equals ``value`` (keyword, integer or bool)."""
+
+    key: str
+    value: str | int | bool
+
+
+@dataclass(frozen=True, slots=True)
+class MatchAny:
+    """Payload ``key`` equals any of ``values`` (for list-valued keys: shares one)."""
+
+    key: str
+    values: tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Numeric payload ``key`` within the given bounds (any may be None)."""
+
+    key: str
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+
+
+Condition = Match | MatchAny | Range
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFilter:
+    """What results must satisfy: every ``must`` condition, no ``must_not`` condition,
+    and not be one of ``exclude_ids``. Keys name item attributes (``genres``, ``year``),
+    which the stores keep under ``attributes.<key>``."""
+
+    must: tuple[Condition, ...] = ()
+    must_not: tuple[Condition, ...] = ()
+    exclude_ids: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.must or self.must_not or self.exclude_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelQuery:
+    """One prefetch: a query vector for one named vector and how many candidates it brings."""
+
+    using: str
+    vector: np.ndarray | SparseVector
+    limit: int
+    weight: float = 1.0
+    """Weight of this channel in RRF (ignored by DBSF)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HybridQuery:
+    """Several channel queries fused into one ranking, within one tenant and filter."""
+
+    channels: Sequence[ChannelQuery]
+    limit: int
+    tenant: str
+    fusion: Fusion = "rrf"
+    rrf_k: int = 60
+    filter: ItemFilter = field(default_factory=ItemFilter)
+    with_channel_hits: bool = False
+    """Also return each channel's own ranking (for explanations); same call, batched."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelHit:
+    """Where one item stood in one channel: 1-based rank and that channel's raw score."""
+
+    rank: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class FusedHit:
+    """A fused result: the item, its fused score, and per-channel standing when asked."""
+
+    record: ItemRecord
+    score: float
+    channels: Mapping[str, ChannelHit] = field(default_factory=dict)
