@@ -71,6 +71,36 @@ class ChannelWeights(BaseModel):
     text: float = Field(1.0, ge=0.0)
 
 
+class RetrievalSettings(BaseModel):
+    """Hybrid retrieval: which channels are searched, how many candidates each brings, fusion."""
+
+    fusion: Literal["rrf", "dbsf"] = "rrf"
+    rrf_k: int = Field(60, ge=1, description="RRF's k: score = sum of weight / (k + rank).")
+    candidates: int = Field(100, ge=1, le=10_000, description="Candidates per channel.")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"fused": 1.0, "clip": 1.0, "text": 1.0, "lexical": 1.0},
+        description="Per-channel weight in RRF; 0 switches a channel off.",
+    )
+    lexical: bool = Field(True, description="Index and search BM25 term weights.")
+    lexical_language: str = "english"
+
+
+class RerankSettings(BaseModel):
+    """The LLM re-ranker and explanation writer."""
+
+    enabled: bool = Field(True, description="Default for requests that leave `rerank` unset.")
+    model: str = Field(
+        ".mmrec/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="A .gguf file, a local Hugging Face folder, or a cached HF causal LM id; "
+        "empty switches the LLM off.",
+    )
+    top_k: int = Field(20, ge=1, le=200, description="Top fused candidates the LLM re-scores.")
+    budget_ms: int = Field(1500, ge=0, description="Default time budget per request.")
+    batch_size: int = Field(16, ge=1)
+    max_candidate_tokens: int = Field(64, ge=4)
+    max_query_tokens: int = Field(128, ge=4)
+
+
 class StoreSettings(BaseModel):
     """Where vectors live: an embedded Qdrant shard (default) or a Qdrant server."""
 
@@ -111,6 +141,8 @@ class EngineConfig(BaseSettings):
     clip: ClipSettings = ClipSettings()
     text_encoder: TextEncoderSettings = TextEncoderSettings()
     channels: ChannelWeights = ChannelWeights()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    rerank: RerankSettings = RerankSettings()
     store: StoreSettings = StoreSettings()
     service: ServiceSettings = ServiceSettings()
 

@@ -10,7 +10,10 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
+from engine.errors import InvalidInput
+from engine.explain import Explanation
 from engine.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.query import Condition, Fusion, ItemFilter, Match, MatchAny, Range
 from engine.types import (
     DEFAULT_TENANT,
     ChannelStatus,
@@ -69,13 +72,72 @@ def record_to_item(record: ItemRecord) -> pb.Item:
     return item
 
 
+def _explanation(e: Explanation) -> pb.Explanation:
+    message = pb.Explanation(rank=e.rank, fused_rank=e.fused_rank, fused_score=e.fused_score,
+                             matched_terms=e.matched_terms, reason=e.reason)
+    for name, hit in e.channels.items():
+        message.channels[name].CopyFrom(pb.ChannelScore(rank=hit.rank, score=hit.score))
+    if e.rerank_score is not None:
+        message.rerank_score = e.rerank_score
+    return message
+
+
 def search_response(result: SearchResult) -> pb.SearchResponse:
     """A SearchResult on the wire."""
-    return pb.SearchResponse(
-        results=[pb.ScoredItem(id=h.record.id, score=h.score, item=record_to_item(h.record))
-                 for h in result.hits],
-        channels=result.channels,
-    )
+    results = []
+    for i, hit in enumerate(result.hits):
+        scored = pb.ScoredItem(id=hit.record.id, score=hit.score, item=record_to_item(hit.record))
+        if result.explanations is not None:
+            scored.explanation.CopyFrom(_explanation(result.explanations[i]))
+        results.append(scored)
+    return pb.SearchResponse(results=results, channels=result.channels,
+                             reranked=result.reranked,
+                             rerank_budget_exhausted=result.budget_exhausted,
+                             fusion=result.fusion)
+
+
+FUSIONS: dict[int, Fusion | None] = {pb.FUSION_UNSPECIFIED: None, pb.FUSION_RRF: "rrf",
+                                     pb.FUSION_DBSF: "dbsf"}
+
+
+def _scalar(value: struct_pb2.Value, key: str) -> str | int | bool:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "number_value" and float(value.number_value).is_integer():
+        return int(value.number_value)
+    raise InvalidInput(f"filter on {key!r}: equality needs a string, an integer or a bool; "
+                       "use `range` for other numbers")
+
+
+def _condition(condition: pb.Condition) -> Condition:
+    key = condition.key.strip()
+    if not key or len(key) > 128:
+        raise InvalidInput("a filter condition needs a `key` (an attribute name, <= 128 chars)")
+    test = condition.WhichOneof("test")
+    if test == "equals":
+        return Match(key, _scalar(condition.equals, key))
+    if test == "any_of":
+        values = tuple(_scalar(v, key) for v in condition.any_of.values)
+        if not values:
+            raise InvalidInput(f"filter on {key!r}: `any_of` is empty")
+        return MatchAny(key, values)  # type: ignore[arg-type]
+    if test == "range":
+        r = condition.range
+        bounds = {b: getattr(r, b) if r.HasField(b) else None for b in ("gte", "gt", "lte", "lt")}
+        if all(v is None for v in bounds.values()):
+            raise InvalidInput(f"filter on {key!r}: `range` needs at least one bound")
+        return Range(key, **bounds)
+    raise InvalidInput(f"filter on {key!r}: set one of `equals`, `any_of` or `range`")
+
+
+def item_filter(message: pb.Filter) -> ItemFilter:
+    """A wire Filter as an ItemFilter, or InvalidInput saying which condition is wrong."""
+    return ItemFilter(must=tuple(_condition(c) for c in message.must),
+                      must_not=tuple(_condition(c) for c in message.must_not),
+                      exclude_ids=tuple(message.exclude_ids))
 
 
 def hits_from_response(response: pb.SearchResponse) -> list[SearchHit]:

@@ -1,14 +1,15 @@
-"""The engine: encoders, fuser and store wired together from one configuration.
+"""The engine: encoders, fuser, store and LLM wired together from one configuration.
 
 Data flows one way: the service calls this module, this module calls the
-encoders and the store. Everything here speaks domain types (engine.types).
+encoders, the store and the re-ranker. Everything here speaks domain types.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -17,14 +18,26 @@ from engine import __version__
 from engine.config import EngineConfig
 from engine.encoders import (
     ClipEncoder,
+    LexicalEncoder,
+    LexicalSettings,
     TextEncoder,
     clip_embedding_dim,
     create_clip_encoder,
     create_text_encoder,
     resolve_device,
 )
-from engine.errors import FailedPrecondition, InvalidInput, ModelUnavailable
+from engine.errors import InvalidInput, ModelUnavailable
+from engine.explain import Explainer
 from engine.fusion import FUSED, VectorFuser, mix_clip
+from engine.search import (
+    CLIP,
+    LEXICAL,
+    TEXT,
+    HybridRetriever,
+    QueryEncoder,
+    SearchPipeline,
+    SearchRequest,
+)
 from engine.store import VectorSchema, VectorStore, open_store
 from engine.types import (
     ChannelStatus,
@@ -37,8 +50,6 @@ from engine.types import (
 
 log = logging.getLogger(__name__)
 
-CLIP, TEXT = "clip", "text"
-
 
 @dataclass(frozen=True, slots=True)
 class ItemInput:
@@ -49,64 +60,85 @@ class ItemInput:
 
 
 @dataclass(frozen=True, slots=True)
-class SearchQuery:
-    """A validated search: text, image or both, for one tenant."""
+class Models:
+    """The loaded models and, for each optional one that is off, why."""
 
-    text: str
-    image: Image.Image | None
-    top_k: int
-    tenant: str
+    text: TextEncoder
+    clip: ClipEncoder | None
+    clip_status: ModelStatus
+    clip_dim: int | None
+    lexical: LexicalEncoder | None = None
+    reranker: object | None = None
+    reranker_status: ModelStatus | None = None
 
 
 class Engine:
-    """Encodes items and queries into fused vectors, stores them and searches them."""
+    """Encodes items and queries, stores items, and answers searches through the pipeline."""
 
-    def __init__(
-        self,
-        config: EngineConfig,
-        *,
-        text_encoder: TextEncoder,
-        clip_encoder: ClipEncoder | None,
-        clip_status: ModelStatus,
-        clip_dim: int | None,
-        store: VectorStore | None = None,
-        device: str = "cpu",
-    ) -> None:
+    def __init__(self, config: EngineConfig, models: Models, *, store: VectorStore | None = None,
+                 device: str = "cpu") -> None:
         self.config = config
         self.device = device
-        self.text = text_encoder
-        self.clip = clip_encoder
-        self.clip_status = clip_status
-        dims = {CLIP: clip_dim, TEXT: text_encoder.dim} if clip_dim else {TEXT: text_encoder.dim}
+        self.models = models
+        self.text, self.clip, self.lexical = models.text, models.clip, models.lexical
+        self.clip_status = models.clip_status
+        dims = {TEXT: models.text.dim}
+        if models.clip_dim:
+            dims = {CLIP: models.clip_dim, **dims}
         weights = {CLIP: config.channels.clip, TEXT: config.channels.text}
         self.fuser = VectorFuser(dims, {k: weights[k] for k in dims})
-        self.schema = VectorSchema(dense={FUSED: self.fuser.dim, **dims})
-        self.store = store if store is not None else open_store(config.store, self.schema)
+        sparse = (LEXICAL,) if models.lexical is not None else ()
+        self.schema = VectorSchema(dense={FUSED: self.fuser.dim, **dims}, sparse=sparse)
+        self._store = store if store is not None else open_store(config.store, self.schema)
+        encoder = QueryEncoder(text=models.text, clip=models.clip, lexical=models.lexical,
+                               fuser=self.fuser, image_weight=config.clip.image_weight,
+                               clip_off_reason=self.clip_status.reason or "CLIP is disabled")
+        reasons = _reason_writer(models.reranker)
+        self.pipeline = SearchPipeline(
+            encoder, HybridRetriever(self._store, config.retrieval), models.reranker,  # type: ignore[arg-type]
+            models.reranker_status.reason if models.reranker_status else "re-ranking is off",
+            Explainer(models.lexical, reasons), config.rerank)
+
+    @property
+    def store(self) -> VectorStore:
+        """Where items live; assigning another store (a benchmark's scratch one) rewires search."""
+        return self._store
+
+    @store.setter
+    def store(self, store: VectorStore) -> None:
+        self._store = store
+        self.pipeline.retriever.store = store
 
     @classmethod
-    def from_config(cls, config: EngineConfig, *, store: VectorStore | None = None) -> Engine:
+    def from_config(cls, config: EngineConfig, *, store: VectorStore | None = None,
+                    load_reranker: bool = True) -> Engine:
         """Load the models the configuration names and open the store.
 
-        The text encoder is required. CLIP is optional: when its weights cannot
-        be loaded (the usual case offline) its channel is switched off, one log
-        line says why, and :meth:`info` reports it. Random weights are never
-        substituted unless the configuration asks for them explicitly.
+        The text encoder is required. CLIP and the LLM re-ranker are optional:
+        when one cannot be loaded (CLIP weights are usually missing offline) it
+        is switched off, one log line says why, and :meth:`info` reports it.
+        Random weights are never substituted unless the configuration asks.
+        Bulk indexing passes ``load_reranker=False``: it never searches.
         """
         device = resolve_device(config.device)
         text_encoder = create_text_encoder(config.text_encoder, device)
         clip_encoder, clip_status = _load_clip(config, device)
         try:
             clip_dim: int | None = (
-                clip_encoder.dim if clip_encoder else clip_embedding_dim(config.clip.model)
-            )
+                clip_encoder.dim if clip_encoder else clip_embedding_dim(config.clip.model))
         except ModelUnavailable:
             clip_dim = None
-        return cls(config, text_encoder=text_encoder, clip_encoder=clip_encoder,
-                   clip_status=clip_status, clip_dim=clip_dim, store=store, device=device)
+        lexical = (LexicalEncoder(LexicalSettings(language=config.retrieval.lexical_language))
+                   if config.retrieval.lexical else None)
+        reranker, reranker_status = (_load_reranker(config, device) if load_reranker
+                                     else (None, None))
+        models = Models(text_encoder, clip_encoder, clip_status, clip_dim, lexical, reranker,
+                        reranker_status)
+        return cls(config, models, store=store, device=device)
 
     # ------------------------------------------------------------------ items
     def encode_items(self, items: Sequence[ItemInput]) -> list[StoredItem]:
-        """Per-channel and fused vectors for a batch of items.
+        """Per-channel, fused and lexical vectors for a batch of items.
 
         Each item needs text or an image that some enabled channel can read;
         otherwise InvalidInput names the item.
@@ -120,20 +152,23 @@ class Engine:
             return []
         texts = [it.record.document_text for it in items]
         has_text = np.array([bool(t) for t in texts])
-        text_rows = self._rows(has_text, texts, self.text.encode_documents, self.text.dim)
+        text_rows = _rows(has_text, texts, self.text.encode_documents, self.text.dim)
         parts: dict[str, np.ndarray] = {TEXT: text_rows}
         if self.clip is not None:
             has_image = np.array([it.image is not None for it in items])
             images = [it.image for it in items]
-            img = self._rows(has_image, images, self.clip.encode_images, self.clip.dim)
-            txt = self._rows(has_text, texts, self.clip.encode_texts, self.clip.dim)
+            img = _rows(has_image, images, self.clip.encode_images, self.clip.dim)
+            txt = _rows(has_text, texts, self.clip.encode_texts, self.clip.dim)
             parts[CLIP] = mix_clip(img, txt, self.config.clip.image_weight)
         fused = self.fuser.fuse(parts)
+        lexical = self.lexical.encode_documents(texts) if self.lexical is not None else None
         stored = []
         for i, item in enumerate(items):
-            vectors = {FUSED: fused[i]}
+            vectors: dict[str, object] = {FUSED: fused[i]}
             vectors.update({name: rows[i] for name, rows in parts.items() if np.any(rows[i])})
-            stored.append(StoredItem(record=item.record, vectors=vectors))
+            if lexical is not None and len(lexical[i]):
+                vectors[LEXICAL] = lexical[i]
+            stored.append(StoredItem(record=item.record, vectors=vectors))  # type: ignore[arg-type]
         return stored
 
     def upsert(self, items: Sequence[ItemInput]) -> int:
@@ -142,40 +177,10 @@ class Engine:
         self.store.upsert(stored)
         return len(stored)
 
-    @staticmethod
-    def _rows(mask: np.ndarray, values: Sequence, encode, dim: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-        """Encode only the rows where ``mask`` is set; the others stay zero (missing)."""
-        out = np.zeros((len(values), dim), dtype=np.float32)
-        idx = np.flatnonzero(mask)
-        if len(idx):
-            out[idx] = encode([values[i] for i in idx])
-        return out
-
     # ----------------------------------------------------------------- search
-    def search(self, query: SearchQuery) -> SearchResult:
-        """Items nearest to the query's fused vector within its tenant.
-
-        A text query fills the CLIP part with CLIP text and the text part with
-        the text encoder; an image query fills the CLIP part with CLIP image;
-        both mix the CLIP parts as items do.
-        """
-        if query.image is not None and self.clip is None:
-            raise FailedPrecondition(
-                "image search needs the CLIP channel, which is off: "
-                f"{self.clip_status.reason or 'CLIP is disabled'}"
-            )
-        if not query.text and query.image is None:
-            raise InvalidInput("a search needs text, an image, or both")
-        parts: dict[str, np.ndarray] = {}
-        if query.text:
-            parts[TEXT] = self.text.encode_queries([query.text])[0]
-        if self.clip is not None:
-            img = self.clip.encode_images([query.image])[0] if query.image is not None else None
-            txt = self.clip.encode_texts([query.text])[0] if query.text else None
-            parts[CLIP] = mix_clip(img, txt, self.config.clip.image_weight)
-        vector = self.fuser.fuse(parts)
-        hits = self.store.search(vector, using=FUSED, limit=query.top_k, tenant=query.tenant)
-        return SearchResult(hits=hits, channels=[c for c in self.fuser.dims if c in parts])
+    def search(self, request: SearchRequest) -> SearchResult:
+        """Encode, retrieve (hybrid), re-rank within the budget, explain when asked."""
+        return self.pipeline.search(request)
 
     def get(self, ids: Sequence[str], tenant: str) -> list[ItemRecord]:
         """Stored records in the order asked; unknown ids are left out."""
@@ -189,17 +194,32 @@ class Engine:
     def info(self) -> EngineInfo:
         """Models, channels and item count, for `mmrec info` and the GetInfo RPC."""
         models = [ModelStatus("text", self.text.name, True), self.clip_status]
+        if self.lexical is not None:
+            models.append(ModelStatus("lexical", self.lexical.name, True))
+        if self.models.reranker_status is not None:
+            models.append(self.models.reranker_status)
         enabled = {CLIP: self.clip is not None, TEXT: True}
         channels = [ChannelStatus(FUSED, self.fuser.dim, 0.0, True)] + [
             ChannelStatus(name, dim, float(self.fuser.weights[name]), enabled[name])
             for name, dim in self.fuser.dims.items()
         ]
+        if self.lexical is not None:
+            channels.append(ChannelStatus(LEXICAL, 0, 0.0, True))
         return EngineInfo(version=__version__, device=self.device, store=self.store.description,
                           item_count=self.store.count(), models=models, channels=channels)
 
     def close(self) -> None:
         """Flush and close the store."""
         self.store.close()
+
+
+def _rows(mask: np.ndarray, values: Sequence, encode: Callable, dim: int) -> np.ndarray:  # type: ignore[type-arg]
+    """Encode only the rows where ``mask`` is set; the others stay zero (missing)."""
+    out = np.zeros((len(values), dim), dtype=np.float32)
+    idx = np.flatnonzero(mask)
+    if len(idx):
+        out[idx] = encode([values[i] for i in idx])
+    return out
 
 
 def _load_clip(config: EngineConfig, device: str) -> tuple[ClipEncoder | None, ModelStatus]:
@@ -215,3 +235,30 @@ def _load_clip(config: EngineConfig, device: str) -> tuple[ClipEncoder | None, M
                     str(exc).rstrip(".") + ".")
         return None, ModelStatus(CLIP, wanted, False, str(exc))
     return encoder, ModelStatus(CLIP, encoder.name, True)
+
+
+def _load_reranker(config: EngineConfig, device: str) -> tuple[object | None, ModelStatus]:
+    """The LLM re-ranker, or None with the reason it is off (logged once)."""
+    from engine.rerank import LlmReranker, RerankerSpec
+
+    settings = config.rerank
+    if not settings.model:
+        log.info("LLM re-ranking off: no rerank.model configured")
+        return None, ModelStatus("llm", "", False, "no rerank.model configured")
+    try:
+        spec = RerankerSpec.from_settings(settings, data_dir=Path(config.store.data_dir),
+                                          device=device)
+        reranker = LlmReranker.from_spec(spec)
+    except ModelUnavailable as exc:
+        log.warning("LLM re-ranking off: %s", exc)
+        return None, ModelStatus("llm", settings.model, False, str(exc))
+    return reranker, ModelStatus("llm", reranker.name, True)
+
+
+def _reason_writer(reranker: object | None) -> Callable[[str, str, float], str | None] | None:
+    """Reasons are written by the re-ranker's model, when there is one."""
+    if reranker is None:
+        return None
+    from engine.rerank import ReasonWriter
+
+    return ReasonWriter(reranker.model, reranker.tokenizer)  # type: ignore[attr-defined]

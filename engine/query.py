@@ -83,7 +83,8 @@ class ChannelQuery:
     vector: np.ndarray | SparseVector
     limit: int
     weight: float = 1.0
-    """Weight of this channel in RRF (ignored by DBSF)."""
+    """Weight of this channel in RRF (ignored by DBSF), > 0: Qdrant adds
+    ``1 / (k - 1 + rank / weight)`` per channel, ``rank`` 1-based."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,10 @@ class HybridQuery:
     rrf_k: int = 60
     filter: ItemFilter = field(default_factory=ItemFilter)
     with_channel_hits: bool = False
-    """Also return each channel's own ranking (for explanations); same call, batched."""
+    """Also return each channel's own ranking (for explanations); same call, batched.
+
+    A query with a single channel is a plain nearest search: its hits carry that
+    channel's own scores (cosine, or BM25 for ``lexical``), not fused ones."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,10 +73,15 @@ class SearchHit:
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
-    """Hits best first, and the channels that built the query vector."""
+    """Hits best first, the channels searched, and how the ranking was made."""
 
     hits: list[SearchHit]
     channels: list[str]
+    fusion: str = ""
+    reranked: int = 0
+    budget_exhausted: bool = False
+    explanations: list[Any] | None = None
+    """engine.explain.Explanation per hit, when asked."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ def open_target(config: EngineConfig, fetch: FetchOptions, service: str | None,
             yield ServiceTarget(client, fetch)
         return
     owned = engine is None
-    engine = engine or Engine.from_config(config)
+    engine = engine or Engine.from_config(config, load_reranker=False)
     try:
         yield StoreTarget(engine, fetch)
     finally:

@@ -26,13 +26,16 @@ def tiny_text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_text_model(tmp_path_factory.mktemp("tiny-text"))
 
 
-def make_config(data_dir: Path, text_dir: Path, clip: ClipSettings | None = None) -> EngineConfig:
-    """An engine config on tiny models; ``clip`` None means CLIP configured without weights."""
+def make_config(data_dir: Path, text_dir: Path, clip: ClipSettings | None = None,
+                llm_dir: Path | None = None) -> EngineConfig:
+    """An engine config on tiny models; ``clip`` None means CLIP configured without weights,
+    ``llm_dir`` None means no re-ranker."""
     clip = clip or ClipSettings(model="ViT-B-32", pretrained=None)
     return EngineConfig.load(
         device="cpu",
         clip=clip.model_dump(),
         text_encoder={"model": str(text_dir)},
+        rerank={"model": str(llm_dir or ""), "budget_ms": 10_000},
         store={"data_dir": data_dir},
         service={"default_top_k": 5, "max_top_k": 50, "max_text_chars": 200,
                  "max_image_bytes": 200_000, "max_ids_per_request": 20},

@@ -30,7 +30,7 @@ def free_port() -> int:
 def write_config(path: Path, text_dir: Path) -> Path:
     path.write_text(
         'device = "cpu"\nlog_level = "INFO"\n'
-        '[clip]\npretrained = ""\n'
+        '[clip]\npretrained = ""\n[rerank]\nmodel = ""\n'
         f'[text_encoder]\nmodel = "{text_dir}"\n'
     )
     return path

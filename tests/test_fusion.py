@@ -93,7 +93,8 @@ def test_fused_vector_golden(engine: Engine) -> None:
     stored = engine.encode_items(golden_items())
     fused = np.stack([s.vectors["fused"] for s in stored])
     assert [sorted(s.vectors) for s in stored] == [
-        ["clip", "fused", "text"], ["clip", "fused"], ["clip", "fused", "text"]]
+        ["clip", "fused", "lexical", "text"], ["clip", "fused"],
+        ["clip", "fused", "lexical", "text"]]
     assert np.allclose(np.linalg.norm(fused, axis=1), 1.0, atol=1e-5)
     if os.environ.get("MMREC_UPDATE_GOLDEN") == "1":
         np.save(GOLDEN, fused)

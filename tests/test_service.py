@@ -57,11 +57,17 @@ def test_health_and_reflection(server: ServerThread) -> None:
 
 def test_text_search_finds_exact_item_first(filled: pb_grpc.RecommenderStub) -> None:
     reply = filled.Search(pb.SearchRequest(text="Red apple. A shiny red apple from the orchard.",
-                                           top_k=3), timeout=30)
+                                           top_k=3, explain=True), timeout=30)
     assert reply.results[0].id == "apple"
-    assert reply.results[0].score == pytest.approx(1.0, abs=1e-4)
+    channels = reply.results[0].explanation.channels
+    for dense in ("fused", "clip", "text"):  # the exact text: cosine 1 in every dense channel
+        assert channels[dense].rank == 1
+        assert channels[dense].score == pytest.approx(1.0, abs=1e-4)
+    assert channels["lexical"].rank == 1
+    assert reply.fusion == "rrf"
+    assert reply.results[0].score == pytest.approx(4 / 60, abs=1e-6)  # RRF, k=60, 0-based ranks
     assert len(reply.results) == 3
-    assert list(reply.channels) == ["clip", "text"]
+    assert list(reply.channels) == ["fused", "clip", "text", "lexical"]
     scores = [r.score for r in reply.results]
     assert scores == sorted(scores, reverse=True)
     top = reply.results[0].item
@@ -70,10 +76,10 @@ def test_text_search_finds_exact_item_first(filled: pb_grpc.RecommenderStub) -> 
 
 
 def test_image_search_finds_image_item_first(filled: pb_grpc.RecommenderStub) -> None:
-    reply = filled.Search(pb.SearchRequest(image=png_bytes(7), top_k=2), timeout=30)
+    reply = filled.Search(pb.SearchRequest(image=png_bytes(7), top_k=2, explain=True), timeout=30)
     assert reply.results[0].id == "photo"
-    assert reply.results[0].score == pytest.approx(1.0, abs=1e-4)
-    assert list(reply.channels) == ["clip"]
+    assert reply.results[0].explanation.channels["clip"].score == pytest.approx(1.0, abs=1e-4)
+    assert list(reply.channels) == ["fused", "clip"]
 
 
 def test_default_top_k_and_tenants(filled: pb_grpc.RecommenderStub) -> None:
@@ -177,9 +183,9 @@ class FakeSlowStore:
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self.real, name)
 
-    def search(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def hybrid_search(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         time.sleep(self.delay)
-        return self.real.search(*args, **kwargs)
+        return self.real.hybrid_search(*args, **kwargs)
 
 
 def test_deadline_is_honoured(engine: Engine, tiny_config: EngineConfig) -> None:
@@ -215,11 +221,12 @@ def test_without_clip_weights(server_without_clip: ServerThread) -> None:
         clip = next(m for m in info.models if m.role == "clip")
         assert not clip.loaded and "no weights" in clip.reason.lower()
         assert {c.name: c.enabled for c in info.channels} == {
-            "fused": True, "clip": False, "text": True}
+            "fused": True, "clip": False, "text": True, "lexical": True}
         report = client.upsert_items([(pb_item_record("doc", "A wooden chair"), png_bytes(3))])
         assert report.upserted == 1
         reply = client.search(text="A wooden chair", top_k=1)
-        assert reply.channels == ["text"] and reply.hits[0].record.id == "doc"
+        assert reply.channels == ["fused", "text", "lexical"]
+        assert reply.hits[0].record.id == "doc"
         with pytest.raises(grpc.RpcError) as err:
             client.search(image=png_bytes(3))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

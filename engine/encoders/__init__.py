@@ -20,6 +20,7 @@ from engine.encoders.factory import (
     resolve_device,
     resolve_text_encoder_spec,
 )
+from engine.encoders.lexical import LexicalEncoder, LexicalSettings
 from engine.encoders.registry import (
     TEXT_ENCODERS,
     ClipSpec,
@@ -33,6 +34,8 @@ __all__ = [
     "TEXT_ENCODERS",
     "ClipEncoder",
     "ClipSpec",
+    "LexicalEncoder",
+    "LexicalSettings",
     "OpenClipEncoder",
     "TextEncoder",
     "TextEncoderSpec",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -19,15 +20,19 @@ from engine import convert
 from engine.config import ServiceSettings
 from engine.errors import InvalidInput, MmrecError, NotFound
 from engine.images import decode_image
-from engine.pipeline import Engine, ItemInput, SearchQuery
+from engine.pipeline import Engine, ItemInput
 from engine.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.search import SearchRequest
 from engine.service.status import mapped_errors
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 UPSERT_BATCH = 64
+MAX_BUDGET_MS = 60_000
+MAX_RERANK_TOP_K = 200
+MAX_CANDIDATES = 10_000
 MAX_ID_CHARS = 512
 MAX_TENANT_CHARS = 128
 
@@ -54,11 +59,12 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
                      ) -> pb.SearchResponse:
         """Validate a search, encode the query and return the nearest items."""
-        query = self._search_query(request)
+        query = self._search_query(request, context.time_remaining())
         result = await self._run(context, self.engine.search, query)
         return convert.search_response(result)
 
-    def _search_query(self, request: pb.SearchRequest) -> SearchQuery:
+    def _search_query(self, request: pb.SearchRequest, time_remaining: float | None
+                      ) -> SearchRequest:
         s = self.settings
         text = request.text.strip()
         if not text and not request.image:
@@ -75,8 +81,33 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 raise InvalidInput(f"`image` is {len(request.image):,} bytes; the limit is "
                                    f"{s.max_image_bytes:,}: send a smaller image")
             image = decode_image(request.image, what="`image`")
-        return SearchQuery(text=text, image=image, top_k=request.top_k or s.default_top_k,
-                           tenant=_tenant(request.tenant))
+        if request.rerank_budget_ms > MAX_BUDGET_MS:
+            raise InvalidInput(f"rerank_budget_ms {request.rerank_budget_ms} is above "
+                               f"{MAX_BUDGET_MS}; set a deadline-sized budget")
+        if request.rerank_top_k > MAX_RERANK_TOP_K:
+            raise InvalidInput(f"rerank_top_k {request.rerank_top_k} is above {MAX_RERANK_TOP_K}")
+        if len(request.filter.exclude_ids) > s.max_ids_per_request:
+            raise InvalidInput(f"{len(request.filter.exclude_ids)} exclude_ids; the limit is "
+                               f"{s.max_ids_per_request}")
+        hybrid = request.hybrid
+        known = set(self.engine.schema.dense) | set(self.engine.schema.sparse)
+        unknown = sorted(set(hybrid.channel_weights) - known)
+        if unknown:
+            raise InvalidInput(f"unknown channel(s) {unknown} in channel_weights; this engine "
+                               f"has {sorted(known)}")
+        if any(w < 0 for w in hybrid.channel_weights.values()):
+            raise InvalidInput("channel weights must be >= 0 (0 switches a channel off)")
+        if hybrid.candidates > MAX_CANDIDATES:
+            raise InvalidInput(f"candidates {hybrid.candidates} is above {MAX_CANDIDATES}")
+        return SearchRequest(
+            text=text, image=image, top_k=request.top_k or s.default_top_k,
+            tenant=_tenant(request.tenant), filter=convert.item_filter(request.filter),
+            explain=request.explain, explain_reason=request.explain_reason,
+            rerank=request.rerank if request.HasField("rerank") else None,
+            rerank_top_k=request.rerank_top_k, budget_ms=request.rerank_budget_ms,
+            fusion=convert.FUSIONS[hybrid.fusion], rrf_k=hybrid.rrf_k,
+            weights=dict(hybrid.channel_weights), candidates=hybrid.candidates,
+            deadline=None if time_remaining is None else time.monotonic() + time_remaining)
 
     # ------------------------------------------------------------ UpsertItems
     @mapped_errors

@@ -1,8 +1,11 @@
 """Where items and their vectors live: the ``VectorStore`` interface and its two backends.
 
 ``EdgeStore`` (default) embeds a qdrant-edge shard in the engine process;
-``ServerStore`` talks to a Qdrant server or cluster. Qdrant types stop here:
-callers see only ``engine.types`` objects and ``engine.errors`` exceptions.
+``ServerStore`` talks to a Qdrant server or cluster. Both answer
+``hybrid_search(engine.query.HybridQuery)`` with one Query API request (a prefetch
+per channel, RRF or DBSF, payload filters) and hold dense and sparse (BM25, IDF)
+vectors. Qdrant types stop here: callers see only ``engine.types`` /
+``engine.query`` objects and ``engine.errors`` exceptions.
 """
 
 from __future__ import annotations

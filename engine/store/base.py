@@ -3,25 +3,50 @@
 Both backends (the embedded :class:`~engine.store.edge.EdgeStore` and the
 :class:`~engine.store.server.ServerStore`) go through the functions here to
 validate vectors and to write and read payloads, so the two cannot drift apart:
-the contract test suite holds them to the same answers for the same calls.
-Nothing here knows about Qdrant types.
+the contract test suite holds them to the same answers for the same calls. The
+schema and vector validation live in ``engine.store.schema`` (re-exported here),
+hybrid query planning in ``engine.store.hybrid``. Nothing here knows about Qdrant
+types.
 """
 
 from __future__ import annotations
 
 import abc
 import json
-import math
-import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 import numpy as np
 
 from engine.errors import InvalidInput
+from engine.query import ChannelQuery, FusedHit, HybridQuery, SparseVector
+from engine.store.schema import (
+    SparseValues,
+    VectorSchema,
+    VectorValues,
+    any_vector_values,
+    check_limit,
+    vector_values,
+)
 from engine.types import ItemRecord, SearchHit, StoredItem
+
+__all__ = [
+    "KEYWORD_INDEXED_FIELDS",
+    "PAYLOAD_KEYS",
+    "PreparedPoint",
+    "SparseValues",
+    "VectorSchema",
+    "VectorStore",
+    "VectorValues",
+    "check_limit",
+    "payload_to_record",
+    "prepare_item",
+    "prepare_items",
+    "record_to_payload",
+    "unique_in_order",
+    "vector_values",
+]
 
 PAYLOAD_KEYS: tuple[str, ...] = ("item_id", "tenant", "title", "text", "image_uri", "attributes")
 """The payload keys every stored point carries, in both backends."""
@@ -30,103 +55,12 @@ KEYWORD_INDEXED_FIELDS: tuple[str, ...] = ("tenant", "item_id")
 """Payload fields with a keyword index (tenant filtering, lookups by item id)."""
 
 
-@dataclass(frozen=True)
-class VectorSchema:
-    """The dense named vectors a store holds: name -> dimension, all with cosine distance.
-
-    Example: ``VectorSchema({"fused": 896, "clip": 512, "text": 384})``. A store is
-    created with one schema and refuses to open with another (``SchemaMismatch``),
-    because vectors of another size or channel set could not be searched together.
-    """
-
-    dense: Mapping[str, int]
-
-    def __post_init__(self) -> None:
-        """Copy the mapping (callers may mutate theirs) and reject empty names or sizes < 1."""
-        dense = {str(name): int(size) for name, size in dict(self.dense).items()}
-        if not dense:
-            raise InvalidInput("a vector schema needs at least one named dense vector")
-        for name, size in dense.items():
-            if not name:
-                raise InvalidInput("dense vector names must not be empty")
-            if size < 1:
-                raise InvalidInput(f"dense vector {name!r} has size {size}; sizes must be >= 1")
-        object.__setattr__(self, "dense", dict(sorted(dense.items())))
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready form, as kept in the EdgeStore manifest."""
-        return {"dense": dict(self.dense)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> VectorSchema:
-        """The inverse of :meth:`to_json`."""
-        return cls(dense=dict(data["dense"]))
-
-    def differences(self, other: VectorSchema) -> list[str]:
-        """What differs between this schema (the existing store's) and ``other`` (the asked one).
-
-        Each entry is a short phrase for an error message; an empty list means equal.
-        """
-        found: list[str] = []
-        for name in sorted(set(self.dense) | set(other.dense)):
-            have, want = self.dense.get(name), other.dense.get(name)
-            if have == want:
-                continue
-            if have is None:
-                found.append(f"vector {name!r} (size {want}) is missing from the store")
-            elif want is None:
-                found.append(f"the store has vector {name!r} (size {have}) not in the config")
-            else:
-                found.append(
-                    f"vector {name!r} has size {have} in the store but {want} in the config"
-                )
-        return found
-
-
 class PreparedPoint(NamedTuple):
-    """A validated item in backend-neutral form: point id, vector values and payload."""
+    """A validated item in backend-neutral form: point id, vectors (dense or sparse), payload."""
 
     point_id: str
-    vectors: dict[str, list[float]]
+    vectors: dict[str, VectorValues]
     payload: dict[str, Any]
-
-
-def vector_values(schema: VectorSchema, name: str, vector: Any) -> list[float]:
-    """Check one named vector against the schema and return it as a list of floats.
-
-    Raises ``InvalidInput`` for an unknown name, a wrong shape or size, non-finite
-    values, or an all-zero vector (cosine is undefined for it: a channel with no
-    data must be left out, not zeroed).
-    """
-    if name not in schema.dense:
-        known = ", ".join(sorted(schema.dense))
-        raise InvalidInput(f"unknown vector {name!r}; this store has: {known}")
-    try:
-        array = np.asarray(vector, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"vector {name!r} is not numeric: {exc}") from exc
-    size = schema.dense[name]
-    if array.ndim != 1 or array.shape[0] != size:
-        raise InvalidInput(f"vector {name!r} must have shape ({size},), got {array.shape}")
-    if not np.isfinite(array).all():
-        raise InvalidInput(f"vector {name!r} contains NaN or infinite values")
-    if not array.any():
-        raise InvalidInput(
-            f"vector {name!r} is all zeros; leave a channel without data out instead"
-        )
-    values: list[float] = array.tolist()
-    return values
-
-
-def check_limit(limit: int) -> int:
-    """The search limit as an ``int``; ``InvalidInput`` unless it is an integer >= 1."""
-    try:
-        value = operator.index(limit)
-    except TypeError:
-        value = 0
-    if isinstance(limit, bool) or value < 1:
-        raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
-    return value
 
 
 def record_to_payload(record: ItemRecord) -> dict[str, Any]:
@@ -165,24 +99,21 @@ def payload_to_record(payload: Mapping[str, Any]) -> ItemRecord:
     )
 
 
-def search_hit(payload: Mapping[str, Any] | None, score: float) -> SearchHit | None:
-    """A ``SearchHit`` from a stored payload and score; ``None`` for a point we did not write."""
-    if not payload or "item_id" not in payload or "tenant" not in payload:
-        return None
-    value = float(score)  # NaN cannot happen with validated vectors; rank it last if it does
-    return SearchHit(payload_to_record(payload), -math.inf if math.isnan(value) else value)
-
-
 def prepare_item(schema: VectorSchema, item: StoredItem) -> PreparedPoint:
     """Validate an item to upsert and put it in backend-neutral form.
 
     Only the vectors present in ``item.vectors`` are set: a missing channel stays
-    absent, so searches on that channel do not find the item.
+    absent, so searches on that channel do not find the item. An empty sparse
+    vector (a text of stopwords only) counts as missing, not as an error.
     """
     record = item.record
     if not record.id:
         raise InvalidInput("an item id must not be empty")
-    vectors = {name: vector_values(schema, name, vec) for name, vec in item.vectors.items()}
+    vectors: dict[str, VectorValues] = {}
+    for name, vector in item.vectors.items():
+        values = any_vector_values(schema, name, vector)
+        if values is not None:
+            vectors[name] = values
     return PreparedPoint(record.point_id, vectors, record_to_payload(record))
 
 
@@ -211,10 +142,28 @@ class VectorStore(abc.ABC):
         """Insert or replace items with the named vectors they carry (``InvalidInput`` if bad)."""
 
     @abc.abstractmethod
+    def hybrid_search(self, query: HybridQuery) -> list[FusedHit]:
+        """The items of ``query.tenant`` passing its filter, ranked by all its channels at once.
+
+        One request to Qdrant: a prefetch per channel, fused by RRF (``rrf_k``, the
+        channel weights) or DBSF; a single channel is a plain nearest search whose
+        scores are that channel's own. With ``with_channel_hits`` each hit also says
+        where it stood in each channel that found it (1-based rank, raw score).
+        ``InvalidInput`` for a malformed query (see ``engine.store.hybrid``).
+        """
+
     def search(
-        self, vector: np.ndarray, *, using: str, limit: int, tenant: str
+        self, vector: np.ndarray | SparseVector, *, using: str, limit: int, tenant: str
     ) -> list[SearchHit]:
-        """The nearest items of ``tenant`` by cosine on the named vector ``using``, best first."""
+        """The nearest items of ``tenant`` on the named vector ``using``, best first.
+
+        Cosine for a dense vector; for a sparse one (pass an ``engine.query.SparseVector``)
+        the BM25 score with the store's IDF.
+        """
+        limit = check_limit(limit)
+        channel = ChannelQuery(using=using, vector=vector, limit=limit)
+        hits = self.hybrid_search(HybridQuery(channels=[channel], limit=limit, tenant=tenant))
+        return [SearchHit(hit.record, hit.score) for hit in hits]
 
     @abc.abstractmethod
     def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:

@@ -18,39 +18,36 @@ from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 from qdrant_edge import (
     CountRequest,
     Distance,
     EdgeConfig,
     EdgeOptimizersConfig,
     EdgeShard,
+    EdgeSparseVectorParams,
     EdgeVectorParams,
-    FieldCondition,
-    Filter,
     KeywordIndexParams,
-    MatchValue,
+    Modifier,
     Point,
-    Query,
-    QueryRequest,
-    SearchParams,
+    QueryBatchRequest,
     UpdateOperation,
 )
 
 from engine.errors import FailedPrecondition, MmrecError, SchemaMismatch, Unavailable
+from engine.query import FusedHit, HybridQuery
 from engine.store.base import (
     KEYWORD_INDEXED_FIELDS,
     VectorSchema,
     VectorStore,
-    check_limit,
     payload_to_record,
     prepare_items,
-    search_hit,
     unique_in_order,
-    vector_values,
 )
+from engine.store.edge_query import edge_vector, hybrid_requests
 from engine.store.edge_rebuild import BuildCancelled, DataDir, DataDirInUse, IndexBuilds
-from engine.types import ItemRecord, SearchHit, StoredItem, point_id
+from engine.store.filters import edge_tenant_filter
+from engine.store.hybrid import fused_hits, plan_hybrid
+from engine.types import ItemRecord, StoredItem, point_id
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +68,6 @@ def _in_use(root: Path, holder: str = "") -> FailedPrecondition:
         f"data dir {root} is in use by another mmrec process (a running service or index "
         f"job{f', pid {holder}' if holder else ''}); stop it or use another --data-dir"
     )
-
-
-def _tenant_filter(tenant: str) -> Filter:
-    """Only points whose payload tenant equals ``tenant``."""
-    return Filter(must=[FieldCondition(key="tenant", match=MatchValue(tenant))])
 
 
 @contextlib.contextmanager
@@ -119,7 +111,7 @@ class EdgeStore(VectorStore):
     ) -> None:
         self.schema = schema
         self._root = Path(path)
-        self._search_params = SearchParams(hnsw_ef=hnsw_ef)
+        self._hnsw_ef = hnsw_ef
         self._write_lock = threading.Lock()  # writes, flushes, the copy and the swap
         self._readers = threading.Condition()  # guards _ref, _closed and reader counts
         self._closed = False
@@ -181,7 +173,7 @@ class EdgeStore(VectorStore):
         })
 
     def _create(self, indexing_threshold_kb: int | None) -> _ShardRef:
-        """Create version 1 with cosine named vectors and keyword indexes, then the manifest."""
+        """Create version 1 (cosine dense vectors, IDF sparse vectors, keyword indexes)."""
         version_dir = self._dir.first_version()
         optimizers = None
         if indexing_threshold_kb is not None:
@@ -190,6 +182,9 @@ class EdgeStore(VectorStore):
             vectors={
                 name: EdgeVectorParams(size=size, distance=Distance.Cosine)
                 for name, size in self.schema.dense.items()
+            },
+            sparse_vectors={
+                name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in self.schema.sparse
             },
             optimizers=optimizers,
         )
@@ -219,20 +214,17 @@ class EdgeStore(VectorStore):
                 if ref.readers == 0:
                     self._readers.notify_all()
 
-    def search(
-        self, vector: np.ndarray, *, using: str, limit: int, tenant: str
-    ) -> list[SearchHit]:
-        """The nearest items of ``tenant`` by cosine on ``using``, best first."""
-        request = QueryRequest(
-            limit=check_limit(limit),
-            query=Query.Nearest(vector_values(self.schema, using, vector), using=using),
-            filter=_tenant_filter(tenant),
-            with_payload=True,
-            params=self._search_params,
-        )
+    def hybrid_search(self, query: HybridQuery) -> list[FusedHit]:
+        """One Query API request: a prefetch per channel, fused (see ``VectorStore``)."""
+        plan = plan_hybrid(self.schema, query)
+        if plan is None:
+            return []
+        batch = QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef))
         with self._reading() as shard, _backend_errors("search"):
-            points = shard.query(request)
-        return [hit for point in points if (hit := search_hit(point.payload, point.score))]
+            results = shard.query_batch(batch)
+        points = [(str(p.id), p.payload, p.score) for p in results[0]]
+        rankings = [[(str(p.id), p.score) for p in ranking] for ranking in results[1:]]
+        return fused_hits(plan, points, rankings or None)
 
     def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:
         """The records that exist, in the order asked, each once."""
@@ -253,7 +245,7 @@ class EdgeStore(VectorStore):
 
     def count(self, tenant: str | None = None) -> int:
         """All points, or one tenant's."""
-        condition = None if tenant is None else _tenant_filter(tenant)
+        condition = None if tenant is None else edge_tenant_filter(tenant)
         request = CountRequest(exact=True, filter=condition)
         with self._reading() as shard, _backend_errors("count"):
             return int(shard.count(request))
@@ -277,7 +269,11 @@ class EdgeStore(VectorStore):
     def upsert(self, items: Sequence[StoredItem]) -> None:
         """Insert or replace items; a bad item rejects the whole batch before any write."""
         points = [
-            Point(prepared.point_id, prepared.vectors, prepared.payload)
+            Point(
+                prepared.point_id,
+                {name: edge_vector(values) for name, values in prepared.vectors.items()},
+                prepared.payload,
+            )
             for prepared in prepare_items(self.schema, items)
         ]
         if points:

@@ -15,23 +15,24 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import grpc
-import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from engine.errors import FailedPrecondition, SchemaMismatch, Unavailable
+from engine.query import FusedHit, HybridQuery
 from engine.store.base import (
     KEYWORD_INDEXED_FIELDS,
+    SparseValues,
     VectorSchema,
     VectorStore,
-    check_limit,
+    VectorValues,
     payload_to_record,
     prepare_items,
-    search_hit,
     unique_in_order,
-    vector_values,
 )
-from engine.types import ItemRecord, SearchHit, StoredItem, point_id
+from engine.store.filters import client_filter, client_tenant_filter
+from engine.store.hybrid import ChannelPlan, HybridPlan, fused_hits, plan_hybrid
+from engine.types import ItemRecord, StoredItem, point_id
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,16 @@ def _server_errors(action: str) -> Iterator[None]:
         raise Unavailable(f"qdrant server failed to {action}: {exc}") from exc
 
 
-def _tenant_filter(tenant: str) -> models.Filter:
-    """Only points whose payload tenant equals ``tenant``."""
-    return models.Filter(
-        must=[models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant))]
-    )
+def _client_vector(values: VectorValues) -> list[float] | models.SparseVector:
+    """A validated vector in qdrant-client form."""
+    if isinstance(values, SparseValues):
+        return models.SparseVector(indices=values.indices, values=values.values)
+    return values
 
 
-def _collection_schema(vectors: object) -> tuple[VectorSchema | None, list[str]]:
+def _collection_schema(
+    vectors: object, sparse: object
+) -> tuple[VectorSchema | None, list[str]]:
     """The schema of an existing collection's vectors config, and what about it we cannot use."""
     if not isinstance(vectors, dict):
         return None, ["the collection has a single unnamed vector, not named vectors"]
@@ -63,9 +66,16 @@ def _collection_schema(vectors: object) -> tuple[VectorSchema | None, list[str]]
         for name, params in vectors.items()
         if params.distance != models.Distance.COSINE
     ]
+    sparse = sparse if isinstance(sparse, dict) else {}
+    problems += [
+        f"sparse vector {name!r} has no IDF modifier"
+        for name, params in sparse.items()
+        if params.modifier != models.Modifier.IDF
+    ]
     if not vectors:
         return None, ["the collection has no dense vectors"]
-    return VectorSchema({name: params.size for name, params in vectors.items()}), problems
+    schema = VectorSchema({name: params.size for name, params in vectors.items()}, tuple(sparse))
+    return schema, problems
 
 
 class ServerStore(VectorStore):
@@ -110,7 +120,8 @@ class ServerStore(VectorStore):
                 self._create_collection()
                 return
             info = self._client.get_collection(self._collection)
-        existing, problems = _collection_schema(info.config.params.vectors)
+        params = info.config.params
+        existing, problems = _collection_schema(params.vectors, params.sparse_vectors)
         if existing is not None:
             problems += existing.differences(self.schema)
         if problems:
@@ -121,12 +132,16 @@ class ServerStore(VectorStore):
             )
 
     def _create_collection(self) -> None:
-        """Cosine named vectors from the schema, keyword payload indexes."""
+        """Cosine dense and IDF sparse vectors from the schema, keyword payload indexes."""
         self._client.create_collection(
             self._collection,
             vectors_config={
                 name: models.VectorParams(size=size, distance=models.Distance.COSINE)
                 for name, size in self.schema.dense.items()
+            },
+            sparse_vectors_config={
+                name: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                for name in self.schema.sparse
             },
         )
         for field in KEYWORD_INDEXED_FIELDS:
@@ -145,32 +160,67 @@ class ServerStore(VectorStore):
         """Insert or replace items; a bad item rejects the whole batch before any write."""
         self._check_open()
         points = [
-            models.PointStruct(id=p.point_id, vector=p.vectors, payload=p.payload)
+            models.PointStruct(
+                id=p.point_id,
+                vector={name: _client_vector(values) for name, values in p.vectors.items()},
+                payload=p.payload,
+            )
             for p in prepare_items(self.schema, items)
         ]
         if points:
             with _server_errors("upsert"):
                 self._client.upsert(self._collection, points=points, wait=True)
 
-    def search(
-        self, vector: np.ndarray, *, using: str, limit: int, tenant: str
-    ) -> list[SearchHit]:
-        """The nearest items of ``tenant`` by cosine on ``using``, best first."""
-        self._check_open()
-        values, limit = vector_values(self.schema, using, vector), check_limit(limit)
-        with _server_errors("search"):
-            response = self._client.query_points(
-                self._collection,
-                query=values,
-                using=using,
-                query_filter=_tenant_filter(tenant),
-                limit=limit,
-                with_payload=True,
-                search_params=self._search_params,
+    def _params(self, plan: HybridPlan, channel: ChannelPlan) -> models.SearchParams:
+        """Search params of one channel: ``hnsw_ef``, and the tenant as IDF corpus if sparse."""
+        if not channel.sparse:
+            return self._search_params
+        corpus = client_tenant_filter(plan.filter.tenant)
+        return models.SearchParams(
+            hnsw_ef=self._search_params.hnsw_ef, idf=models.IdfCorpusParams(corpus=corpus)
+        )
+
+    def _requests(self, plan: HybridPlan) -> list[models.QueryRequest]:
+        """The fused request, then (if asked, several channels) each channel's own request."""
+        flt = client_filter(plan.filter)
+        nearest = [
+            models.QueryRequest(
+                query=_client_vector(c.vector), using=c.using, limit=c.limit, filter=flt,
+                params=self._params(plan, c),
             )
-        return [
-            hit for point in response.points if (hit := search_hit(point.payload, point.score))
+            for c in plan.channels
         ]
+        if not plan.fused:
+            return [nearest[0].model_copy(
+                update={"limit": plan.result_limit, "with_payload": True}
+            )]
+        fusion: models.Query = models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k, weights=plan.weights))
+        if plan.fusion == "dbsf":
+            fusion = models.FusionQuery(fusion=models.Fusion.DBSF)
+        fused = models.QueryRequest(
+            prefetch=[
+                models.Prefetch(
+                    query=r.query, using=r.using, limit=r.limit, filter=flt, params=r.params
+                )
+                for r in nearest
+            ],
+            query=fusion, limit=plan.limit, filter=flt, with_payload=True,
+        )
+        return [fused, *nearest] if plan.with_channel_hits else [fused]
+
+    def hybrid_search(self, query: HybridQuery) -> list[FusedHit]:
+        """One Query API request: a prefetch per channel, fused (see ``VectorStore``)."""
+        self._check_open()
+        plan = plan_hybrid(self.schema, query)
+        if plan is None:
+            return []
+        with _server_errors("search"):
+            responses = self._client.query_batch_points(
+                self._collection, requests=self._requests(plan)
+            )
+        points = [(str(p.id), p.payload, p.score) for p in responses[0].points]
+        rankings = [[(str(p.id), p.score) for p in r.points] for r in responses[1:]]
+        return fused_hits(plan, points, rankings or None)
 
     def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:
         """The records that exist, in the order asked, each once."""
@@ -215,7 +265,7 @@ class ServerStore(VectorStore):
         with _server_errors("count"):
             result = self._client.count(
                 self._collection,
-                count_filter=None if tenant is None else _tenant_filter(tenant),
+                count_filter=None if tenant is None else client_tenant_filter(tenant),
                 exact=True,
             )
         return int(result.count)

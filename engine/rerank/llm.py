@@ -1,0 +1,450 @@
+"""LLM re-ranking by contrastive log-likelihood.
+
+A candidate's score is how much more likely the LLM finds its text after a
+prompt that contains the query than after the same prompt without it:
+
+    score = mean log P(item tokens | query prompt) - mean log P(item tokens | neutral prompt)
+
+Subtracting the neutral term cancels what makes a text likely on its own
+(short, common words), leaving what the query adds. On small models such as
+SmolLM2-135M this ranks relevant items above irrelevant ones where yes/no
+prompting does not (FACTS.md).
+
+Cost: each prompt prefix runs once and its key/value cache is shared by every
+candidate. A batch of candidates is *packed* into one row after the prefix,
+with a block mask so each candidate sees the prefix and its own tokens only:
+no padding, and one copy of the prefix cache instead of one per candidate
+(measured ~25% faster than right-padded rows on SmolLM2, 2 CPU cores).
+Attention kernels that take no custom mask (flash attention) get the padded
+layout: the prefix cache repeated across the batch, right padding, a 2-D
+mask. The neutral term of an item does not depend on the query, so it is
+kept in an LRU cache across calls (about halving the cost of repeat items).
+Scoring goes in the caller's (fused) order and stops before a batch that would
+overrun the deadline, so the scored candidates are always a prefix of the input.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from engine.errors import InvalidInput
+from engine.rerank.loading import RerankerSpec, load_causal_lm
+
+logger = logging.getLogger(__name__)
+
+QUERY_INSTRUCTION = "I am looking for: {query}. Suggest one item."
+NEUTRAL_INSTRUCTION = "I am looking for something. Suggest one item."
+"""Chat turns of the two prompts; the item text is scored as the assistant's answer."""
+PLAIN_QUERY_PROMPT = "I am looking for: {query}. One item that fits:\n"
+PLAIN_NEUTRAL_PROMPT = "I am looking for something. One item that fits:\n"
+"""The same two prompts for tokenizers without a chat template."""
+
+Layout = Literal["packed", "padded"]
+_MASKABLE = frozenset({"sdpa", "eager"})
+"""Attention implementations that accept a custom 4-D additive mask."""
+
+
+@dataclass(frozen=True, slots=True)
+class RerankScores:
+    """LLM relevance per candidate, in input order."""
+
+    scores: list[float | None]
+    """Higher is more relevant; None for candidates not scored before the deadline."""
+    scored: int
+    """How many candidates have a score (always the first ``scored`` ones)."""
+    seconds: float
+    """Wall time of the call."""
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Candidate tokens laid out for one forward pass after a prompt prefix."""
+
+    inputs: dict[str, torch.Tensor]
+    """``input_ids``, ``attention_mask`` and ``position_ids``."""
+    targets: torch.Tensor
+    """The candidate token each scored position predicts, flattened."""
+    rows: torch.Tensor
+    """For each target, the index of its candidate in the batch."""
+    select: torch.Tensor | None
+    """Flat indices of the scored positions in the logits; None: every position."""
+    copies: int
+    """Batch size of the forward (the prefix cache is repeated this often)."""
+    positions: int
+    """Positions the forward computes, the unit of the time estimate."""
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    """A prompt run once: its key/value cache (batch 1) and the log-probs of the next token."""
+
+    cache: Any
+    next_logprobs: torch.Tensor
+    length: int
+
+
+class LlmReranker:
+    """Scores candidate texts against a query with a causal LM (see the module docstring).
+
+    Thread-safe: calls share only read-only prompt state and a locked LRU of
+    neutral terms; concurrent calls share the CPU cores, so each gets slower.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str = "llm",
+        batch_size: int = 16,
+        max_candidate_tokens: int = 64,
+        max_query_tokens: int = 128,
+        neutral_cache_size: int = 10_000,
+        layout: Layout | None = None,
+    ) -> None:
+        """Wrap a loaded causal LM; :meth:`from_spec` loads one.
+
+        ``layout`` None picks ``"packed"`` when the model's attention takes a
+        custom mask (sdpa, eager) and ``"padded"`` otherwise.
+        """
+        if batch_size < 1 or max_candidate_tokens < 1 or max_query_tokens < 1:
+            raise ValueError("batch_size, max_candidate_tokens and max_query_tokens must be >= 1")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.max_candidate_tokens = max_candidate_tokens
+        self.max_query_tokens = max_query_tokens
+        first = next(model.parameters())
+        self.device, self._dtype = first.device, first.dtype
+        attention = getattr(model.config, "_attn_implementation", None)
+        self.layout: Layout = layout or ("packed" if attention in _MASKABLE else "padded")
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._pad_id = _pad_id(tokenizer)
+        self._lock = threading.Lock()
+        self._neutral_prefix: _Prefix | None = None
+        self._neutral: OrderedDict[tuple[int, ...], float] = OrderedDict()
+        self._neutral_cache_size = neutral_cache_size
+        self._seconds_per_token: float | None = None  # forward cost, learned across calls
+
+    @classmethod
+    def from_spec(cls, spec: RerankerSpec) -> LlmReranker:
+        """Load the spec's model (see :func:`~engine.rerank.loading.load_causal_lm`) and wrap it."""
+        model, tokenizer, name = load_causal_lm(spec)
+        return cls(model, tokenizer, name=name, batch_size=spec.batch_size,
+                   max_candidate_tokens=spec.max_candidate_tokens,
+                   max_query_tokens=spec.max_query_tokens)
+
+    def __repr__(self) -> str:
+        """Name and device, for logs."""
+        return f"LlmReranker({self.name!r}, device={str(self.device)!r})"
+
+    # -- prompts and tokens -------------------------------------------------------------------
+
+    def prompt_ids(self, query: str) -> tuple[list[int], list[int]]:
+        """Token ids of the query prompt and of the neutral prompt; items continue either."""
+        query = self._truncate_text(query, self.max_query_tokens)
+        return (self._chat_ids(QUERY_INSTRUCTION.format(query=query),
+                               PLAIN_QUERY_PROMPT.format(query=query)),
+                self._chat_ids(NEUTRAL_INSTRUCTION, PLAIN_NEUTRAL_PROMPT))
+
+    def candidate_ids(self, candidates: Sequence[str]) -> list[list[int]]:
+        """Token ids of each candidate text, cut to ``max_candidate_tokens``."""
+        with self._lock:  # the Rust tokenizer rejects some concurrent use
+            encoded = self.tokenizer(list(candidates), add_special_tokens=False)["input_ids"]
+        return [list(ids[: self.max_candidate_tokens]) for ids in encoded]
+
+    def _chat_ids(self, instruction: str, plain: str) -> list[int]:
+        """The prompt through the model's chat template, or as plain text when it has none."""
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": instruction}], tokenize=False,
+                add_generation_prompt=True)
+            with self._lock:
+                return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._lock:
+            ids = list(self.tokenizer(plain, add_special_tokens=False)["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        return [bos, *ids] if bos is not None else ids
+
+    def _truncate_text(self, text: str, max_tokens: int) -> str:
+        """``text`` cut to ``max_tokens`` tokens (unchanged when shorter)."""
+        with self._lock:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def score(
+        self, query: str, candidates: Sequence[str], *, deadline: float | None = None
+    ) -> RerankScores:
+        """Relevance of each candidate to ``query``; stops before a batch would pass ``deadline``.
+
+        ``deadline`` is a ``time.monotonic()`` value. Candidates are scored in
+        input order, so the scored ones are always the first ``scored``.
+        """
+        start = time.monotonic()
+        if isinstance(candidates, str) or not isinstance(candidates, Sequence):
+            raise InvalidInput("candidates must be a sequence of texts")
+        scores: list[float | None] = [None] * len(candidates)
+        if not candidates or _past(deadline):
+            return RerankScores(scores, 0, time.monotonic() - start)
+        with torch.inference_mode():
+            query_ids, _ = self.prompt_ids(query)
+            rows = self.candidate_ids(candidates)
+            conditioned = self._run_prefix(query_ids)
+            neutral = self._neutral_prompt()
+            spent_tokens, spent_seconds = 0, 0.0
+            for begin in range(0, len(rows), self.batch_size):
+                batch = rows[begin: begin + self.batch_size]
+                pending = [row for row in batch if self._cached_neutral(row) is None]
+                work = self._work(batch) + self._work(pending)
+                rate = spent_seconds / spent_tokens if spent_tokens else self._seconds_per_token
+                if _past(deadline) or _would_overrun(deadline, rate, work):
+                    break
+                batch_start = time.monotonic()
+                with_query = self._mean_logprobs(conditioned, batch)
+                fresh = dict(zip(map(tuple, pending), self._mean_logprobs(neutral, pending),
+                                 strict=True))
+                for offset, (row, value) in enumerate(zip(batch, with_query, strict=True)):
+                    base = fresh.get(tuple(row))
+                    base = self._cached_neutral(row) if base is None else base
+                    scores[begin + offset] = value - base if row else 0.0
+                self._remember_neutral(fresh)
+                spent_seconds += time.monotonic() - batch_start
+                spent_tokens += work
+        if spent_tokens:
+            self._learn_rate(spent_seconds / spent_tokens)
+        scored = sum(value is not None for value in scores)
+        return RerankScores(scores, scored, time.monotonic() - start)
+
+    def rerank(
+        self,
+        query: str,
+        candidates: Sequence[str],
+        *,
+        top_k: int | None = None,
+        deadline: float | None = None,
+    ) -> tuple[list[int], RerankScores]:
+        """Indices of ``candidates`` in their new order, and the scores (input order).
+
+        Only the first ``top_k`` (all when None) are scored. The merge rule:
+        the slots that scored candidates occupied are refilled with those
+        candidates best score first (ties keep input order); every unscored
+        candidate stays in its own slot. Because scoring runs in input order the
+        scored ones form a prefix, so this reads as "re-ranked head, then the
+        fused order for the rest" -- and a budget cut degrades to the fused
+        order instead of mixing scored and unscored items on incomparable scales.
+        """
+        head = list(candidates[: len(candidates) if top_k is None else max(top_k, 0)])
+        result = self.score(query, head, deadline=deadline)
+        scores = result.scores + [None] * (len(candidates) - len(head))
+        order = merge_order(scores)
+        return order, RerankScores(scores, result.scored, result.seconds)
+
+    def raw_forward_rate(self, query: str, candidates: Sequence[str], *, rounds: int = 1) -> float:
+        """Candidates per second of the bare batched forward passes :meth:`score` makes.
+
+        Tokens, prompt caches and their per-batch copies are prepared untimed;
+        only the model's forward calls (query and neutral prompt, ``rounds``
+        times) are timed. This is the ceiling :meth:`score` is measured against
+        (with the neutral LRU cold; warm, :meth:`score` skips the neutral pass).
+        """
+        with torch.inference_mode():
+            query_ids, neutral_ids = self.prompt_ids(query)
+            rows = self.candidate_ids(candidates)
+            work = []
+            for prefix in (self._run_prefix(query_ids), self._run_prefix(neutral_ids)):
+                for chunk in _chunks(rows, self.batch_size):
+                    batch = self._batch(chunk, prefix.length)
+                    if batch is not None:
+                        work.append((prefix, batch))
+            seconds = 0.0
+            for _ in range(rounds):
+                for prefix, batch in work:
+                    cache = _repeat(prefix.cache, batch.copies)
+                    begin = time.monotonic()
+                    self.model(**batch.inputs, **{self._cache_arg: cache}, use_cache=True)
+                    seconds += time.monotonic() - begin
+        return len(candidates) * rounds / seconds if seconds else math.inf
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _run_prefix(self, ids: list[int]) -> _Prefix:
+        """Run a prompt once, keeping its cache and its next-token log-probs."""
+        input_ids = torch.tensor([ids], device=self.device)
+        out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                         use_cache=True)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        return _Prefix(cache, out.logits[0, -1].float().log_softmax(-1), len(ids))
+
+    def _neutral_prompt(self) -> _Prefix:
+        """The neutral prompt's prefix, computed on first use and shared by every call."""
+        if self._neutral_prefix is None:
+            prefix = self._run_prefix(self.prompt_ids("")[1])
+            with self._lock:
+                self._neutral_prefix = self._neutral_prefix or prefix
+        return self._neutral_prefix
+
+    def _mean_logprobs(self, prefix: _Prefix, rows: list[list[int]]) -> list[float]:
+        """Mean log P(row tokens | prefix) for each row (0.0 for an empty row)."""
+        if not rows:
+            return []
+        totals = torch.tensor([float(prefix.next_logprobs[row[0]]) if row else 0.0
+                               for row in rows], dtype=torch.float64)
+        batch = self._batch(rows, prefix.length)
+        if batch is not None:
+            logits = self._forward(prefix, batch)
+            logits = logits.reshape(-1, logits.shape[-1])
+            if batch.select is not None:
+                logits = logits[batch.select]
+            logits = logits.float()
+            picked = logits.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+            logprobs = (picked - torch.logsumexp(logits, dim=-1)).double().cpu()
+            totals.index_add_(0, batch.rows.cpu(), logprobs)
+        lengths = torch.tensor([max(len(row), 1) for row in rows], dtype=torch.float64)
+        return (totals / lengths).tolist()
+
+    def _forward(self, prefix: _Prefix, batch: _Batch) -> torch.Tensor:
+        """Logits of a batch run after a copy of the prefix's cache."""
+        cache = _repeat(prefix.cache, batch.copies)
+        return self.model(**batch.inputs, **{self._cache_arg: cache}, use_cache=True).logits
+
+    def _batch(self, rows: list[list[int]], prefix_length: int) -> _Batch | None:
+        """Forward inputs that score ``rows`` after a prefix; None when no row needs a forward.
+
+        A row's first token is scored by the prefix's own next-token log-probs,
+        so the forward takes every token but the last (nothing to predict after it).
+        """
+        if max((len(row) for row in rows), default=0) <= 1:
+            return None
+        if self.layout == "packed":
+            return _packed_batch(rows, prefix_length, self._dtype, self.device)
+        return _padded_batch(rows, prefix_length, self._pad_id, self.device)
+
+    def _work(self, rows: list[list[int]]) -> int:
+        """Positions a forward over ``rows`` computes: the unit of the time estimate."""
+        if self.layout == "packed":
+            return sum(max(len(row) - 1, 0) for row in rows)
+        return len(rows) * max((len(row) - 1 for row in rows), default=0)
+
+    def _cached_neutral(self, row: list[int]) -> float | None:
+        """The neutral term of a row if an earlier call computed it."""
+        if not row:
+            return 0.0
+        with self._lock:
+            value = self._neutral.get(tuple(row))
+            if value is not None:
+                self._neutral.move_to_end(tuple(row))
+            return value
+
+    def _remember_neutral(self, fresh: dict[tuple[int, ...], float]) -> None:
+        """Keep newly computed neutral terms, evicting the least recently used."""
+        if self._neutral_cache_size <= 0:
+            return
+        with self._lock:
+            self._neutral.update(fresh)
+            while len(self._neutral) > self._neutral_cache_size:
+                self._neutral.popitem(last=False)
+
+    def _learn_rate(self, seconds_per_token: float) -> None:
+        """Blend this call's forward cost into the estimate the next call starts with."""
+        old = self._seconds_per_token
+        self._seconds_per_token = seconds_per_token if old is None else 0.5 * old + 0.5 * (
+            seconds_per_token)
+
+
+def merge_order(scores: Sequence[float | None]) -> list[int]:
+    """Input indices in final order: scored ones sorted within their slots, unscored stay put."""
+    slots = [i for i, value in enumerate(scores) if value is not None]
+    ranked = sorted(slots, key=lambda i: -float(scores[i]))  # type: ignore[arg-type]  # stable
+    order = list(range(len(scores)))
+    for slot, index in zip(slots, ranked, strict=True):
+        order[slot] = index
+    return order
+
+
+def _repeat(cache: Any, count: int = 1) -> Any:
+    """A fresh copy of a batch-1 prompt cache, repeated ``count`` times along the batch."""
+    fresh = copy.deepcopy(cache)
+    if count > 1:
+        fresh.batch_repeat_interleave(count)
+    return fresh
+
+
+def _packed_batch(rows: list[list[int]], prefix_length: int, dtype: torch.dtype,
+                  device: torch.device) -> _Batch:
+    """All rows in one sequence; a block mask lets each see the prefix and its own past only."""
+    feeds = [row[:-1] for row in rows]
+    total = sum(len(feed) for feed in feeds)
+    owner = torch.tensor([i for i, feed in enumerate(feeds) for _ in feed])
+    offsets = torch.tensor([j for feed in feeds for j in range(len(feed))])
+    order = torch.arange(total)
+    allowed = (owner[:, None] == owner[None, :]) & (order[None, :] <= order[:, None])
+    allowed = torch.cat([torch.ones((total, prefix_length), dtype=torch.bool), allowed], dim=1)
+    mask = torch.zeros((1, 1, total, prefix_length + total), dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)  # additive: works for sdpa and eager
+    inputs = {"input_ids": torch.tensor([[t for feed in feeds for t in feed]]),
+              "attention_mask": mask, "position_ids": (offsets + prefix_length).unsqueeze(0)}
+    targets = torch.tensor([t for row in rows for t in row[1:]])
+    return _Batch({k: v.to(device) for k, v in inputs.items()}, targets.to(device),
+                  owner, None, copies=1, positions=total)
+
+
+def _padded_batch(rows: list[list[int]], prefix_length: int, pad_id: int,
+                  device: torch.device) -> _Batch:
+    """Rows right-padded to one width; a 2-D mask covers the prefix and the real tokens."""
+    width = max(len(row) for row in rows) - 1
+    count = len(rows)
+    input_ids = torch.full((count, width), pad_id, dtype=torch.long)
+    real = torch.zeros((count, width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        if len(row) > 1:
+            input_ids[i, : len(row) - 1] = torch.tensor(row[:-1])
+            real[i, : len(row) - 1] = True
+    mask = torch.cat([torch.ones((count, prefix_length), dtype=torch.long), real.long()], dim=1)
+    positions = (torch.arange(width) + prefix_length).expand(count, width)
+    select = real.flatten().nonzero().squeeze(-1)
+    owner = select // width
+    targets = torch.tensor([t for row in rows for t in row[1:]])
+    inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+    return _Batch({k: v.to(device) for k, v in inputs.items()}, targets.to(device), owner,
+                  select.to(device), copies=count, positions=count * width)
+
+
+def _chunks(rows: list[list[int]], size: int) -> list[list[list[int]]]:
+    """``rows`` in consecutive groups of ``size``."""
+    return [rows[i: i + size] for i in range(0, len(rows), size)]
+
+
+def _past(deadline: float | None) -> bool:
+    """True when a deadline is set and has passed."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _would_overrun(deadline: float | None, seconds_per_token: float | None, tokens: int) -> bool:
+    """True when work of ``tokens`` positions is expected to end after ``deadline``."""
+    if deadline is None or seconds_per_token is None:
+        return False
+    return time.monotonic() + seconds_per_token * tokens > deadline
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Any valid id for padded positions (they are masked out and never scored)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0

@@ -1,0 +1,152 @@
+"""Hybrid search, backend-neutral: validating a ``HybridQuery`` and assembling its hits.
+
+Each backend turns a :class:`HybridPlan` into ONE Qdrant request: a prefetch per
+channel (its vector, its limit, the filter) fused by RRF or DBSF, with the same
+filter on the outer query; with ``with_channel_hits`` the request goes in one
+batch together with each channel's own nearest query (same filter and limit), so
+the per-channel ranks reported are the ranks the fusion used. A plan with one
+channel skips fusion: its hits carry that channel's own scores.
+
+Fusion, as Qdrant defines it (checked on qdrant-edge and in qdrant-client's
+local mode, ``qdrant_client/hybrid/fusion.py``), with ``rank`` 1-based:
+
+* RRF: ``score = sum over channels of 1 / (k - 1 + rank / weight)``; with weight 1
+  that is ``1 / (k + rank - 1)``, i.e. ``1 / (k + position)`` for a 0-based position.
+* DBSF: per channel, ``(score - (mean - 3 std)) / (6 std)`` with the sample standard
+  deviation (n - 1) of that channel's hits; a channel with one hit, or all hits
+  equal, gives 0.5; the normalised scores are summed. Weights do not apply.
+
+Sparse channels compute IDF over the tenant's items only (``idf_corpus`` is the
+tenant filter): one tenant's catalog does not shift another's scores, and the
+statistics are those of live points on both backends (qdrant-edge's global IDF
+keeps counting deleted and replaced points until their segment is vacuumed).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from engine.errors import InvalidInput
+from engine.query import ChannelHit, FusedHit, HybridQuery
+from engine.store.base import payload_to_record
+from engine.store.filters import FilterPlan, plan_filter
+from engine.store.schema import VectorSchema, VectorValues, any_vector_values, check_limit
+
+
+class ChannelPlan(NamedTuple):
+    """One validated channel: vector name, vector, candidate limit, RRF weight, sparse or not."""
+
+    using: str
+    vector: VectorValues
+    limit: int
+    weight: float
+    sparse: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HybridPlan:
+    """A validated hybrid query, ready for a backend to turn into one request."""
+
+    channels: tuple[ChannelPlan, ...]
+    limit: int
+    fusion: str
+    rrf_k: int
+    filter: FilterPlan
+    with_channel_hits: bool
+
+    @property
+    def fused(self) -> bool:
+        """Whether the query fuses several channels (one channel is a plain nearest search)."""
+        return len(self.channels) > 1
+
+    @property
+    def result_limit(self) -> int:
+        """How many hits the request asks for (one channel cannot bring more than its limit)."""
+        return self.limit if self.fused else min(self.limit, self.channels[0].limit)
+
+    @property
+    def weights(self) -> list[float]:
+        """The RRF weight of each channel, in prefetch order."""
+        return [channel.weight for channel in self.channels]
+
+
+def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
+    """Validate ``query`` against the schema; ``None`` when no channel can match anything.
+
+    A sparse channel with an empty vector (a query of stopwords only) is dropped:
+    it would find nothing and contributes nothing to either fusion.
+    """
+    if query.fusion not in ("rrf", "dbsf"):
+        raise InvalidInput(f"fusion must be 'rrf' or 'dbsf', got {query.fusion!r}")
+    if isinstance(query.rrf_k, bool) or not isinstance(query.rrf_k, int) or query.rrf_k < 1:
+        raise InvalidInput(f"rrf_k must be an integer >= 1, got {query.rrf_k!r}")
+    limit = check_limit(query.limit)
+    if not query.channels:
+        raise InvalidInput("a hybrid query needs at least one channel")
+    names = [channel.using for channel in query.channels]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"each vector may be queried once per hybrid query, got {names}")
+    item_filter = plan_filter(query.tenant, query.filter)
+    channels: list[ChannelPlan] = []
+    for channel in query.channels:
+        weight = channel.weight
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
+            math.isfinite(weight) and weight > 0
+        ):
+            raise InvalidInput(f"channel {channel.using!r} weight must be > 0, got {weight!r}")
+        channel_limit = check_limit(channel.limit, f"channel {channel.using!r} limit")
+        vector = any_vector_values(schema, channel.using, channel.vector)
+        if vector is not None:
+            sparse = channel.using in schema.sparse
+            channels.append(ChannelPlan(channel.using, vector, channel_limit, weight, sparse))
+    if not channels:
+        return None
+    return HybridPlan(
+        tuple(channels), limit, query.fusion, query.rrf_k, item_filter, query.with_channel_hits
+    )
+
+
+ScoredId = tuple[str, float]
+"""A point id (as a string) and its score."""
+
+
+def _channel_standing(
+    plan: HybridPlan, rankings: Sequence[Sequence[ScoredId]]
+) -> dict[str, dict[str, ChannelHit]]:
+    """Point id -> channel name -> rank (1-based) and score, from each channel's own ranking."""
+    standing: dict[str, dict[str, ChannelHit]] = {}
+    for channel, ranking in zip(plan.channels, rankings, strict=True):
+        for rank, (point, score) in enumerate(ranking, start=1):
+            standing.setdefault(point, {})[channel.using] = ChannelHit(rank, float(score))
+    return standing
+
+
+def fused_hits(
+    plan: HybridPlan,
+    points: Sequence[tuple[str, Mapping[str, Any] | None, float]],
+    rankings: Sequence[Sequence[ScoredId]] | None = None,
+) -> list[FusedHit]:
+    """``FusedHit`` objects from the fused points (id, payload, score), best first.
+
+    ``rankings`` are the channels' own results (for a one-channel plan, the fused
+    points themselves serve). Equal scores are ordered by item id, so both
+    backends return ties in one order. Points without our payload are skipped.
+    """
+    if plan.with_channel_hits and rankings is None:
+        rankings = [[(point, score) for point, _, score in points]]
+    standing = _channel_standing(plan, rankings) if plan.with_channel_hits and rankings else {}
+    hits: list[FusedHit] = []
+    for point, payload, score in points:
+        if not payload or "item_id" not in payload or "tenant" not in payload:
+            continue
+        value = float(score)
+        hits.append(FusedHit(
+            record=payload_to_record(payload),
+            score=-math.inf if math.isnan(value) else value,
+            channels=standing.get(point, {}),
+        ))
+    hits.sort(key=lambda hit: (-hit.score, hit.record.id))
+    return hits
