@@ -14,9 +14,11 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from engine.config import EngineConfig
-from engine.types import EngineInfo, SearchHit
+from engine.types import EngineInfo
 
 if TYPE_CHECKING:
+    from engine.client import SearchReply
+    from engine.explain import Explanation
     from indexers.pipeline import JobSummary
 
 app = typer.Typer(help="mmrec: multimodal search and recommendation over gRPC.",
@@ -144,6 +146,11 @@ def search(
                                                dir_okay=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=0)] = 10,
     tenant: Annotated[str, typer.Option(help="Tenant to search.")] = "",
+    explain: Annotated[bool, typer.Option(help="Say why each result is there.")] = False,
+    reason: Annotated[bool, typer.Option(help="With --explain: an LLM sentence too.")] = False,
+    rerank: Annotated[bool | None, typer.Option(
+        "--rerank/--no-rerank", help="LLM re-ranking; default: the server's setting.")] = None,
+    budget_ms: Annotated[int, typer.Option(min=0, help="Re-rank budget; 0: server default.")] = 0,
     target: TargetOpt = DEFAULT_TARGET,
 ) -> None:
     """Search a running service by text, image or both and print the results."""
@@ -153,11 +160,13 @@ def search(
         raise typer.BadParameter("give a TEXT query, --image PATH, or both")
     with MmrecClient(target) as client:
         try:
-            reply = client.search(text=text, image=image, top_k=top_k, tenant=tenant)
+            reply = client.search(text=text, image=image, top_k=top_k, tenant=tenant,
+                                  explain=explain, explain_reason=reason, rerank=rerank,
+                                  budget_ms=budget_ms)
         except grpc.RpcError as exc:
             _fail(exc)
     label = " + ".join(filter(None, [repr(text) if text else "", str(image) if image else ""]))
-    print_hits(console, label, reply.hits, reply.channels)
+    print_reply(console, label, reply)
 
 
 @app.command()
@@ -190,15 +199,21 @@ def demo(
     sys.exit(run_demo(cfg, datasets=datasets, port=port, config_file=config))
 
 
-def print_hits(out: Console, label: str, hits: list[SearchHit], channels: list[str]) -> None:
-    """A readable table of search results."""
-    table = Table(title=f"{label}  [dim](channels: {', '.join(channels)})[/]", title_justify="left")
+def print_reply(out: Console, label: str, reply: SearchReply) -> None:
+    """A readable table of search results, with the reasons when they were asked for."""
+    how = f"channels: {', '.join(reply.channels)}; {reply.fusion}"
+    if reply.reranked:
+        how += f"; LLM re-ranked {reply.reranked}"
+        how += " (budget ran out)" if reply.budget_exhausted else ""
+    table = Table(title=f"{label}  [dim]({how})[/]", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("id", overflow="fold")
     table.add_column("title")
     table.add_column("details", overflow="fold")
-    for rank, hit in enumerate(hits, start=1):
+    if reply.explanations is not None:
+        table.add_column("why", overflow="fold")
+    for rank, hit in enumerate(reply.hits, start=1):
         attrs = hit.record.attributes
         if "genres" in attrs:  # a film
             details = f"{attrs.get('year') or ''} {', '.join(attrs['genres'])}".strip()
@@ -206,8 +221,23 @@ def print_hits(out: Console, label: str, hits: list[SearchHit], channels: list[s
             details = "/".join(filter(None, (attrs["category"], attrs.get("subcategory"))))
         else:
             details = hit.record.text
-        table.add_row(str(rank), f"{hit.score:.3f}", hit.record.id, hit.record.title, details)
+        row = [str(rank), f"{hit.score:.3f}", hit.record.id, hit.record.title, details]
+        if reply.explanations is not None:
+            row.append(why(reply.explanations[rank - 1]))
+        table.add_row(*row)
     out.print(table)
+
+
+def why(e: Explanation) -> str:
+    """One explanation in a line: per-channel ranks, fused and LLM standing, matched words."""
+    parts = [f"{name} #{c.rank} ({c.score:.2f})" for name, c in e.channels.items()]
+    parts.append(f"hybrid #{e.fused_rank}")
+    if e.rerank_score is not None:
+        parts.append(f"LLM {e.rerank_score:+.2f}")
+    if e.matched_terms:
+        parts.append("words: " + ", ".join(e.matched_terms))
+    text = "; ".join(parts)
+    return f"{text}. {e.reason}" if e.reason else text
 
 
 def print_info(out: Console, details: EngineInfo) -> None:
@@ -219,7 +249,8 @@ def print_info(out: Console, details: EngineInfo) -> None:
         out.print(f"  model {model.role}: {model.name}: {state}")
     for channel in details.channels:
         state = "on" if channel.enabled else "off"
-        out.print(f"  channel {channel.name}: {channel.dim}-d, weight {channel.weight:g}, {state}")
+        size = f"{channel.dim}-d" if channel.dim else "sparse"
+        out.print(f"  channel {channel.name}: {size}, weight {channel.weight:g}, {state}")
 
 
 def _fail(exc: grpc.RpcError) -> None:

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine import convert
+from engine.explain import Explanation
 from engine.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 from engine.types import EngineInfo, ItemRecord, SearchHit
@@ -36,10 +37,14 @@ class UpsertReport:
 
 @dataclass(frozen=True, slots=True)
 class SearchReply:
-    """Hits best first and the channels that built the query."""
+    """Hits best first, the channels searched, and how the ranking was made."""
 
     hits: list[SearchHit]
     channels: list[str]
+    fusion: str = ""
+    reranked: int = 0
+    budget_exhausted: bool = False
+    explanations: list[Explanation] | None = None
 
 
 class MmrecClient:
@@ -71,14 +76,29 @@ class MmrecClient:
             time.sleep(0.2)
 
     def search(self, *, text: str = "", image: bytes | Path | None = None, top_k: int = 0,
-               tenant: str = "") -> SearchReply:
-        """Search by text, image (bytes or a file path) or both."""
+               tenant: str = "", explain: bool = False, explain_reason: bool = False,
+               rerank: bool | None = None, budget_ms: int = 0,
+               request: pb.SearchRequest | None = None) -> SearchReply:
+        """Search by text, image (bytes or a file path) or both.
+
+        ``request`` may carry anything else the contract offers (filters, fusion
+        parameters); the keyword arguments are set on top of it.
+        """
         data = image.read_bytes() if isinstance(image, Path) else (image or b"")
-        response = self._stub.Search(
-            pb.SearchRequest(text=text, image=data, top_k=top_k, tenant=tenant),
-            timeout=self.timeout)
+        message = pb.SearchRequest()
+        if request is not None:
+            message.CopyFrom(request)
+        message.text, message.image, message.top_k, message.tenant = text, data, top_k, tenant
+        message.explain, message.explain_reason = explain, explain_reason
+        message.rerank_budget_ms = budget_ms
+        if rerank is not None:
+            message.rerank = rerank
+        response = self._stub.Search(message, timeout=self.timeout)
         return SearchReply(hits=convert.hits_from_response(response),
-                           channels=list(response.channels))
+                           channels=list(response.channels), fusion=response.fusion,
+                           reranked=response.reranked,
+                           budget_exhausted=response.rerank_budget_exhausted,
+                           explanations=convert.explanations_from_response(response))
 
     def upsert_items(self, items: Iterable[tuple[ItemRecord, bytes | None]]) -> UpsertReport:
         """Stream items (each with optional encoded image bytes) into the service."""

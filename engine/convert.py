@@ -13,7 +13,7 @@ from google.protobuf import json_format, struct_pb2
 from engine.errors import InvalidInput
 from engine.explain import Explanation
 from engine.proto.mmrec.v1 import recommender_pb2 as pb
-from engine.query import Condition, Fusion, ItemFilter, Match, MatchAny, Range
+from engine.query import ChannelHit, Condition, Fusion, ItemFilter, Match, MatchAny, Range
 from engine.types import (
     DEFAULT_TENANT,
     ChannelStatus,
@@ -144,6 +144,18 @@ def hits_from_response(response: pb.SearchResponse) -> list[SearchHit]:
     """The hits of a SearchResponse as domain objects (client side)."""
     return [SearchHit(record=item_to_record(r.item) if r.HasField("item") else ItemRecord(id=r.id),
                       score=r.score) for r in response.results]
+
+
+def explanations_from_response(response: pb.SearchResponse) -> list[Explanation] | None:
+    """The explanations of a SearchResponse (client side), or None when none were asked for."""
+    if not any(r.HasField("explanation") for r in response.results):
+        return None
+    return [Explanation(
+        rank=e.rank, fused_rank=e.fused_rank, fused_score=e.fused_score,
+        channels={name: ChannelHit(c.rank, c.score) for name, c in e.channels.items()},
+        rerank_score=e.rerank_score if e.HasField("rerank_score") else None,
+        matched_terms=list(e.matched_terms), reason=e.reason)
+        for e in (r.explanation for r in response.results)]
 
 
 def info_response(info: EngineInfo) -> pb.GetInfoResponse:

@@ -7,6 +7,7 @@ Python client over real gRPC. It prints what it measured.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import subprocess
 import sys
@@ -16,9 +17,11 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from engine.cli import print_hits, print_info, print_summary
+from engine.cli import print_info, print_reply, print_summary
 from engine.client import MmrecClient
 from engine.config import EngineConfig
+from engine.errors import SchemaMismatch
+from engine.types import EngineInfo
 from indexers.datasets import movielens_items, tuxpaint_items, write_jsonl
 from indexers.job import run_index_job
 
@@ -71,13 +74,21 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
              config_file: Path | None = None) -> int:
     """Index, serve, query, stop. Returns a process exit code."""
     console = Console()
+    if not console.is_terminal:  # piped output: wide enough for the explanation column
+        console = Console(width=140)
     catalog = build_catalog(datasets, config.store.data_dir.parent / "demo-catalog.jsonl",
                             console)
     if catalog is None:
         return 1
 
     console.rule("1. index")
-    summary = run_index_job(config, catalog)
+    try:
+        summary = run_index_job(config, catalog)
+    except SchemaMismatch as exc:
+        console.print(f"[yellow]the demo store was built by an older mmrec[/] ({exc}); "
+                      f"rebuilding {config.store.data_dir}")
+        shutil.rmtree(config.store.data_dir)
+        summary = run_index_job(config, catalog)
     print_summary(console, summary)
 
     console.rule("2. serve")
@@ -95,12 +106,10 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
             info = client.info()
             print_info(console, info)
             console.rule("3. query")
-            latencies = _text_queries(client, console)
+            _text_queries(client, console)
             _image_queries(client, console, info.models, find_stamps(datasets))
-        console.print(f"text query latency over gRPC: p50 {statistics.median(latencies):.0f} ms, "
-                      f"max {max(latencies):.0f} ms ({len(latencies)} queries, "
-                      f"device {info.device}, channels on: "
-                      f"{', '.join(c.name for c in info.channels if c.enabled)})")
+            console.rule("4. latency")
+            _latency(client, console, info)
     finally:
         server.terminate()
         code = server.wait(timeout=60)
@@ -108,15 +117,30 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
     return 0 if code == 0 else 1
 
 
-def _text_queries(client: MmrecClient, console: Console) -> list[float]:
+def _text_queries(client: MmrecClient, console: Console) -> None:
+    """Each query with explanations; the first also with the LLM's one-sentence reasons."""
     client.search(text="warm-up", top_k=1)
-    latencies = []
-    for query in TEXT_QUERIES:
-        started = time.perf_counter()
-        reply = client.search(text=query, top_k=5)
-        latencies.append((time.perf_counter() - started) * 1000)
-        print_hits(console, repr(query), reply.hits, reply.channels)
-    return latencies
+    for i, query in enumerate(TEXT_QUERIES):
+        reply = client.search(text=query, top_k=5, explain=True, explain_reason=i == 0,
+                              budget_ms=5000 if i == 0 else 0)
+        print_reply(console, repr(query), reply)
+
+
+def _latency(client: MmrecClient, console: Console, info: EngineInfo) -> None:
+    """Client-side latency of every text query, without and with LLM re-ranking."""
+    llm = next((m for m in info.models if m.role == "llm"), None)
+    modes = {"no re-rank": False} | ({"LLM re-rank": True} if llm and llm.loaded else {})
+    for label, rerank in modes.items():
+        latencies = []
+        for query in TEXT_QUERIES:
+            started = time.perf_counter()
+            client.search(text=query, top_k=10, rerank=rerank)
+            latencies.append((time.perf_counter() - started) * 1000)
+        console.print(f"{label}: p50 {statistics.median(latencies):.0f} ms, max "
+                      f"{max(latencies):.0f} ms over {len(latencies)} text queries "
+                      f"(gRPC round trip, device {info.device})")
+    if not (llm and llm.loaded):
+        console.print(f"LLM re-ranking off: {llm.reason if llm else 'not configured'}")
 
 
 def _image_queries(client: MmrecClient, console: Console, models: list,  # type: ignore[type-arg]
@@ -136,4 +160,4 @@ def _image_queries(client: MmrecClient, console: Console, models: list,  # type:
         return
     for path in paths:
         reply = client.search(image=path, top_k=5)
-        print_hits(console, f"image {path.name}", reply.hits, reply.channels)
+        print_reply(console, f"image {path.name}", reply)

@@ -220,7 +220,7 @@ def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, PreTrai
         raise ModelUnavailable(
             f"LLM file {gguf}: reading GGUF files needs the `gguf` and `accelerate` packages "
             f"({error}); install them (`pip install gguf accelerate`) or {FIX}.") from error
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+    except Exception as error:  # a damaged file fails in many ways (struct, EOF, index...)
         raise ModelUnavailable(
             f"LLM file {gguf} cannot be read as a GGUF causal LM ({type(error).__name__}: "
             f"{error}); replace the file or {FIX}.") from error
@@ -238,7 +238,7 @@ def _load_folder(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except Exception as error:  # missing files, bad JSON, damaged safetensors, unknown classes
         raise ModelUnavailable(_load_failure(source, name, error)) from error
     return model, tokenizer
 
