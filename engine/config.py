@@ -88,7 +88,14 @@ class RetrievalSettings(BaseModel):
 class RerankSettings(BaseModel):
     """The LLM re-ranker and explanation writer."""
 
-    enabled: bool = Field(True, description="Default for requests that leave `rerank` unset.")
+    enabled: bool = Field(
+        False,
+        description=(
+            "Default for requests that leave `rerank` unset. Off: on the Tux Paint task "
+            "SmolLM2-135M re-ranking lowered nDCG@10 from 0.561 to 0.536 "
+            "(benchmarks/results/retrieval_quality.md); ask for it per request."
+        ),
+    )
     model: str = Field(
         ".mmrec/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="A .gguf file, a local Hugging Face folder, or a cached HF causal LM id; "

@@ -106,7 +106,8 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
             info = client.info()
             print_info(console, info)
             console.rule("3. query")
-            _text_queries(client, console)
+            llm = next((m for m in info.models if m.role == "llm"), None)
+            _text_queries(client, console, bool(llm and llm.loaded))
             _image_queries(client, console, info.models, find_stamps(datasets))
             console.rule("4. latency")
             _latency(client, console, info)
@@ -117,13 +118,15 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
     return 0 if code == 0 else 1
 
 
-def _text_queries(client: MmrecClient, console: Console) -> None:
-    """Each query with explanations; the first also with the LLM's one-sentence reasons."""
+def _text_queries(client: MmrecClient, console: Console, llm_loaded: bool) -> None:
+    """Each query, explained; the first once more re-ranked by the LLM, with its reasons."""
     client.search(text="warm-up", top_k=1)
-    for i, query in enumerate(TEXT_QUERIES):
-        reply = client.search(text=query, top_k=5, explain=True, explain_reason=i == 0,
-                              budget_ms=5000 if i == 0 else 0)
-        print_reply(console, repr(query), reply)
+    for query in TEXT_QUERIES:
+        print_reply(console, repr(query), client.search(text=query, top_k=5, explain=True))
+    if llm_loaded:
+        reply = client.search(text=TEXT_QUERIES[0], top_k=5, explain=True, explain_reason=True,
+                              rerank=True, budget_ms=10_000)
+        print_reply(console, f"{TEXT_QUERIES[0]!r} re-ranked by the LLM, with its reasons", reply)
 
 
 def _latency(client: MmrecClient, console: Console, info: EngineInfo) -> None:

@@ -29,6 +29,7 @@ from engine.encoders import (
 from engine.errors import InvalidInput, ModelUnavailable
 from engine.explain import Explainer
 from engine.fusion import FUSED, VectorFuser, mix_clip
+from engine.query import SparseVector
 from engine.search import (
     CLIP,
     LEXICAL,
@@ -164,11 +165,11 @@ class Engine:
         lexical = self.lexical.encode_documents(texts) if self.lexical is not None else None
         stored = []
         for i, item in enumerate(items):
-            vectors: dict[str, object] = {FUSED: fused[i]}
+            vectors: dict[str, np.ndarray | SparseVector] = {FUSED: fused[i]}
             vectors.update({name: rows[i] for name, rows in parts.items() if np.any(rows[i])})
             if lexical is not None and len(lexical[i]):
                 vectors[LEXICAL] = lexical[i]
-            stored.append(StoredItem(record=item.record, vectors=vectors))  # type: ignore[arg-type]
+            stored.append(StoredItem(record=item.record, vectors=vectors))
         return stored
 
     def upsert(self, items: Sequence[ItemInput]) -> int:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engine.query import SparseVector
 
 DEFAULT_TENANT = "default"
 """Tenant used when a caller leaves the tenant empty."""
@@ -56,11 +59,12 @@ class StoredItem:
     """An item with its vectors, ready to upsert.
 
     ``vectors`` maps a named vector (``fused``, ``clip``, ``text``) to a 1-D
-    float32 array. A channel the item has no data for is simply absent.
+    float32 array, and the sparse ``lexical`` vector to a SparseVector. A channel
+    the item has no data for is simply absent.
     """
 
     record: ItemRecord
-    vectors: Mapping[str, np.ndarray]
+    vectors: Mapping[str, np.ndarray | SparseVector]
 
 
 @dataclass(frozen=True, slots=True)

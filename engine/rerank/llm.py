@@ -82,8 +82,6 @@ class _Batch:
     """Flat indices of the scored positions in the logits; None: every position."""
     copies: int
     """Batch size of the forward (the prefix cache is repeated this often)."""
-    positions: int
-    """Positions the forward computes, the unit of the time estimate."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ class LlmReranker:
         self._neutral_prefix: _Prefix | None = None
         self._neutral: OrderedDict[tuple[int, ...], float] = OrderedDict()
         self._neutral_cache_size = neutral_cache_size
-        self._seconds_per_token: float | None = None  # forward cost, learned across calls
+        self._seconds_per_position: float | None = None  # forward cost, learned across calls
 
     @classmethod
     def from_spec(cls, spec: RerankerSpec) -> LlmReranker:
@@ -149,8 +147,8 @@ class LlmReranker:
                    max_query_tokens=spec.max_query_tokens)
 
     def __repr__(self) -> str:
-        """Name and device, for logs."""
-        return f"LlmReranker({self.name!r}, device={str(self.device)!r})"
+        """Name, device and layout, for logs."""
+        return f"LlmReranker({self.name!r}, device={str(self.device)!r}, layout={self.layout!r})"
 
     # -- prompts and tokens -------------------------------------------------------------------
 
@@ -200,34 +198,32 @@ class LlmReranker:
         if isinstance(candidates, str) or not isinstance(candidates, Sequence):
             raise InvalidInput("candidates must be a sequence of texts")
         scores: list[float | None] = [None] * len(candidates)
-        if not candidates or _past(deadline):
+        if not candidates or _no_time_for(deadline):
             return RerankScores(scores, 0, time.monotonic() - start)
+        spent_work, spent_seconds = 0, 0.0
+        query_ids = self.prompt_ids(query)[0]
+        rows = self.candidate_ids(candidates)
+        first = len(query_ids) + 2 * self._work(rows[: self.batch_size])
+        if _no_time_for(deadline, self._seconds_per_position, first):
+            return RerankScores(scores, 0, time.monotonic() - start)  # not even one batch fits
         with torch.inference_mode():
-            query_ids, _ = self.prompt_ids(query)
-            rows = self.candidate_ids(candidates)
             conditioned = self._run_prefix(query_ids)
             neutral = self._neutral_prompt()
-            spent_tokens, spent_seconds = 0, 0.0
             for begin in range(0, len(rows), self.batch_size):
                 batch = rows[begin: begin + self.batch_size]
-                pending = [row for row in batch if self._cached_neutral(row) is None]
+                known = self._known_neutral(batch)
+                pending = list({tuple(r): r for r in batch if tuple(r) not in known}.values())
                 work = self._work(batch) + self._work(pending)
-                rate = spent_seconds / spent_tokens if spent_tokens else self._seconds_per_token
-                if _past(deadline) or _would_overrun(deadline, rate, work):
+                pace = spent_seconds / spent_work if spent_work else self._seconds_per_position
+                if _no_time_for(deadline, pace, work):
                     break
                 batch_start = time.monotonic()
-                with_query = self._mean_logprobs(conditioned, batch)
-                fresh = dict(zip(map(tuple, pending), self._mean_logprobs(neutral, pending),
-                                 strict=True))
-                for offset, (row, value) in enumerate(zip(batch, with_query, strict=True)):
-                    base = fresh.get(tuple(row))
-                    base = self._cached_neutral(row) if base is None else base
-                    scores[begin + offset] = value - base if row else 0.0
-                self._remember_neutral(fresh)
+                scores[begin: begin + len(batch)] = self._score_batch(
+                    conditioned, neutral, batch, known, pending)
                 spent_seconds += time.monotonic() - batch_start
-                spent_tokens += work
-        if spent_tokens:
-            self._learn_rate(spent_seconds / spent_tokens)
+                spent_work += work
+        if spent_work:
+            self._learn_pace(spent_seconds / spent_work)
         scored = sum(value is not None for value in scores)
         return RerankScores(scores, scored, time.monotonic() - start)
 
@@ -268,8 +264,8 @@ class LlmReranker:
             rows = self.candidate_ids(candidates)
             work = []
             for prefix in (self._run_prefix(query_ids), self._run_prefix(neutral_ids)):
-                for chunk in _chunks(rows, self.batch_size):
-                    batch = self._batch(chunk, prefix.length)
+                for begin in range(0, len(rows), self.batch_size):
+                    batch = self._batch(rows[begin: begin + self.batch_size], prefix.length)
                     if batch is not None:
                         work.append((prefix, batch))
             seconds = 0.0
@@ -282,6 +278,16 @@ class LlmReranker:
         return len(candidates) * rounds / seconds if seconds else math.inf
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _score_batch(self, conditioned: _Prefix, neutral: _Prefix, batch: list[list[int]],
+                     known: dict[tuple[int, ...], float], pending: list[list[int]]
+                     ) -> list[float]:
+        """Scores of one batch; ``known`` neutral terms are reused, ``pending`` ones computed."""
+        with_query = self._mean_logprobs(conditioned, batch)
+        fresh = dict(zip(map(tuple, pending), self._mean_logprobs(neutral, pending), strict=True))
+        self._remember_neutral(fresh)
+        base = {**known, **fresh}
+        return [value - base[tuple(row)] for row, value in zip(batch, with_query, strict=True)]
 
     def _run_prefix(self, ids: list[int]) -> _Prefix:
         """Run a prompt once, keeping its cache and its next-token log-probs."""
@@ -341,15 +347,17 @@ class LlmReranker:
             return sum(max(len(row) - 1, 0) for row in rows)
         return len(rows) * max((len(row) - 1 for row in rows), default=0)
 
-    def _cached_neutral(self, row: list[int]) -> float | None:
-        """The neutral term of a row if an earlier call computed it."""
-        if not row:
-            return 0.0
+    def _known_neutral(self, rows: list[list[int]]) -> dict[tuple[int, ...], float]:
+        """Neutral terms of ``rows`` that earlier calls computed (an empty row's is 0)."""
+        out: dict[tuple[int, ...], float] = {}
         with self._lock:
-            value = self._neutral.get(tuple(row))
-            if value is not None:
-                self._neutral.move_to_end(tuple(row))
-            return value
+            for key in map(tuple, rows):
+                value = 0.0 if not key else self._neutral.get(key)
+                if value is not None:
+                    out[key] = value
+                    if key:
+                        self._neutral.move_to_end(key)
+        return out
 
     def _remember_neutral(self, fresh: dict[tuple[int, ...], float]) -> None:
         """Keep newly computed neutral terms, evicting the least recently used."""
@@ -360,11 +368,11 @@ class LlmReranker:
             while len(self._neutral) > self._neutral_cache_size:
                 self._neutral.popitem(last=False)
 
-    def _learn_rate(self, seconds_per_token: float) -> None:
+    def _learn_pace(self, seconds_per_position: float) -> None:
         """Blend this call's forward cost into the estimate the next call starts with."""
-        old = self._seconds_per_token
-        self._seconds_per_token = seconds_per_token if old is None else 0.5 * old + 0.5 * (
-            seconds_per_token)
+        old = self._seconds_per_position
+        self._seconds_per_position = (seconds_per_position if old is None
+                                      else (old + seconds_per_position) / 2)
 
 
 def merge_order(scores: Sequence[float | None]) -> list[int]:
@@ -401,7 +409,7 @@ def _packed_batch(rows: list[list[int]], prefix_length: int, dtype: torch.dtype,
               "attention_mask": mask, "position_ids": (offsets + prefix_length).unsqueeze(0)}
     targets = torch.tensor([t for row in rows for t in row[1:]])
     return _Batch({k: v.to(device) for k, v in inputs.items()}, targets.to(device),
-                  owner, None, copies=1, positions=total)
+                  owner, None, copies=1)
 
 
 def _padded_batch(rows: list[list[int]], prefix_length: int, pad_id: int,
@@ -422,24 +430,16 @@ def _padded_batch(rows: list[list[int]], prefix_length: int, pad_id: int,
     targets = torch.tensor([t for row in rows for t in row[1:]])
     inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
     return _Batch({k: v.to(device) for k, v in inputs.items()}, targets.to(device), owner,
-                  select.to(device), copies=count, positions=count * width)
+                  select.to(device), copies=count)
 
 
-def _chunks(rows: list[list[int]], size: int) -> list[list[list[int]]]:
-    """``rows`` in consecutive groups of ``size``."""
-    return [rows[i: i + size] for i in range(0, len(rows), size)]
-
-
-def _past(deadline: float | None) -> bool:
-    """True when a deadline is set and has passed."""
-    return deadline is not None and time.monotonic() >= deadline
-
-
-def _would_overrun(deadline: float | None, seconds_per_token: float | None, tokens: int) -> bool:
-    """True when work of ``tokens`` positions is expected to end after ``deadline``."""
-    if deadline is None or seconds_per_token is None:
+def _no_time_for(deadline: float | None, seconds_per_position: float | None = None,
+                 positions: int = 0) -> bool:
+    """True when ``deadline`` has passed, or work of ``positions`` would end after it."""
+    if deadline is None:
         return False
-    return time.monotonic() + seconds_per_token * tokens > deadline
+    expected = seconds_per_position * positions if seconds_per_position is not None else 0.0
+    return time.monotonic() + expected >= deadline
 
 
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:

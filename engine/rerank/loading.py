@@ -116,6 +116,11 @@ def load_causal_lm(
         if spec.cache_dir is None:
             model, tokenizer = _load_gguf(gguf, dtype)
             how = "from the GGUF file (no cache_dir: converted in memory, not kept)"
+        elif not gguf.exists() and (Path(spec.cache_dir) / MARKER).is_file():
+            logger.warning("LLM file %s is gone; using the copy converted from it earlier in %s",
+                           gguf, spec.cache_dir)
+            model, tokenizer = _load_folder(str(spec.cache_dir), dtype, name)
+            how = f"from the cache {spec.cache_dir} (source file gone)"
         else:
             cache_dir = Path(spec.cache_dir)
             converted = ensure_converted(gguf, cache_dir)
