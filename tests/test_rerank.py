@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,16 @@ def test_neutral_terms_are_reused_across_calls(tiny: LlmReranker) -> None:
     assert warm == pytest.approx(cold, abs=1e-6)
     other = reranker.score("space rocket", CANDIDATES).scores
     assert other == pytest.approx(naive_scores(tiny, "space rocket", CANDIDATES), abs=1e-4)
+
+
+def test_concurrent_calls_agree_with_sequential_ones(tiny: LlmReranker) -> None:
+    reranker = with_settings(tiny, batch_size=2)
+    queries = [QUERY, "space rocket", "fire engine", QUERY]
+    expected = [naive_scores(tiny, q, CANDIDATES) for q in queries]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda q: reranker.score(q, CANDIDATES).scores, queries))
+    for got, want in zip(results, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-4)
 
 
 def test_long_texts_are_cut_to_the_token_limits(tiny: LlmReranker) -> None:

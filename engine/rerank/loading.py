@@ -74,6 +74,8 @@ class RerankerSpec:
     """Candidate texts are cut to this many tokens before scoring."""
     max_query_tokens: int = 128
     """Queries are cut to this many tokens before they go into the prompt."""
+    neutral_cache_size: int = 10_000
+    """Items whose query-independent (neutral) term is kept between calls; 0 keeps none."""
 
     @classmethod
     def from_settings(cls, settings: Any, *, data_dir: Path, device: str) -> RerankerSpec:
@@ -87,6 +89,7 @@ class RerankerSpec:
             top_k=settings.top_k,
             max_candidate_tokens=settings.max_candidate_tokens,
             max_query_tokens=settings.max_query_tokens,
+            neutral_cache_size=getattr(settings, "neutral_cache_size", 10_000),
         )
 
 
@@ -178,7 +181,7 @@ def _marker_matches(cache_dir: Path, gguf: Path) -> bool:
     except (OSError, ValueError):
         return False
     current = source_marker(gguf)
-    same = all(recorded.get(key) == current[key] for key in ("format", "size", "mtime_ns"))
+    same = all(recorded.get(key) == current[key] for key in current)
     if not same:
         logger.info("cached LLM in %s was made from another version of %s; converting again",
                     cache_dir, gguf.name)
@@ -189,8 +192,7 @@ def _convert(gguf: Path, target: Path) -> None:
     """Dequantise ``gguf`` and save model, tokenizer and marker into the new folder ``target``."""
     model, tokenizer = _load_gguf(gguf, torch.float32)
     config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # save_pretrained refuses GGUF-quantised models
+    vars(config).pop("quantization_config", None)  # save_pretrained refuses GGUF-quantised models
     # A plain model of the same class, built without allocating, then given the dequantised weights.
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
