@@ -106,6 +106,11 @@ class RerankSettings(BaseModel):
     batch_size: int = Field(16, ge=1)
     max_candidate_tokens: int = Field(64, ge=4)
     max_query_tokens: int = Field(128, ge=4)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="LLM compute dtype; auto: float32 on CPU, bf16 (fp16) on CUDA.")
+    neutral_cache_size: int = Field(
+        10_000, ge=0,
+        description="Items whose query-independent LLM term is kept between requests.")
 
 
 class StoreSettings(BaseModel):

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from engine.config import RerankSettings
 from engine.errors import ModelUnavailable
 
 try:  # POSIX only; without it two processes may both convert (the rename still keeps one).
@@ -78,18 +79,19 @@ class RerankerSpec:
     """Items whose query-independent (neutral) term is kept between calls; 0 keeps none."""
 
     @classmethod
-    def from_settings(cls, settings: Any, *, data_dir: Path, device: str) -> RerankerSpec:
+    def from_settings(cls, settings: RerankSettings, *, data_dir: Path, device: str
+                      ) -> RerankerSpec:
         """Build a spec from the config's re-rank settings; the cache goes under ``data_dir``."""
         return cls(
             model=settings.model,
             cache_dir=default_cache_dir(data_dir, settings.model),
             device=device,
-            dtype=getattr(settings, "dtype", "auto"),
+            dtype=settings.dtype,
             batch_size=settings.batch_size,
             top_k=settings.top_k,
             max_candidate_tokens=settings.max_candidate_tokens,
             max_query_tokens=settings.max_query_tokens,
-            neutral_cache_size=getattr(settings, "neutral_cache_size", 10_000),
+            neutral_cache_size=settings.neutral_cache_size,
         )
 
 
