@@ -22,7 +22,7 @@ from engine.errors import FailedPrecondition, InvalidInput
 from engine.explain import Explainer
 from engine.fusion import FUSED, VectorFuser, mix_clip
 from engine.query import ChannelQuery, FusedHit, Fusion, HybridQuery, ItemFilter, SparseVector
-from engine.rerank import RerankScores
+from engine.rerank import RerankScores, merge_order
 from engine.store import VectorStore
 from engine.types import SearchHit, SearchResult
 
@@ -138,18 +138,13 @@ def deadline_for(request: SearchRequest, default_budget_ms: int) -> float:
 
 
 def rerank_order(hits: list[FusedHit], scores: list[float | None]) -> list[RankedItem]:
-    """Scored candidates sorted by LLM score; the unscored keep their fused order after them.
+    """Hits in final order under the re-ranker's merge rule (:func:`engine.rerank.merge_order`).
 
-    ``scores`` covers the first ``len(scores)`` hits; later hits follow unchanged.
+    ``scores`` covers the first ``len(scores)`` hits (the re-ranked head); scored
+    hits are sorted by LLM score within their slots, the rest keep fused order.
     """
-    head = [RankedItem(hit, rank, score)
-            for rank, (hit, score) in enumerate(zip(hits, scores, strict=False), start=1)]
-    scored = sorted((r for r in head if r.rerank_score is not None),
-                    key=lambda r: -(r.rerank_score or 0.0))
-    unscored = [r for r in head if r.rerank_score is None]
-    tail = [RankedItem(hit, rank) for rank, hit in enumerate(hits[len(scores):],
-                                                             start=len(scores) + 1)]
-    return scored + unscored + tail
+    full = list(scores) + [None] * (len(hits) - len(scores))
+    return [RankedItem(hits[i], i + 1, full[i]) for i in merge_order(full)]
 
 
 class Reranker(Protocol):

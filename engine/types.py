@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from engine.explain import Explanation
     from engine.query import SparseVector
 
 DEFAULT_TENANT = "default"
@@ -84,8 +85,8 @@ class SearchResult:
     fusion: str = ""
     reranked: int = 0
     budget_exhausted: bool = False
-    explanations: list[Any] | None = None
-    """engine.explain.Explanation per hit, when asked."""
+    explanations: list[Explanation] | None = None
+    """One per hit, when asked."""
 
 
 @dataclass(frozen=True, slots=True)
