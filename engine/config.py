@@ -92,7 +92,7 @@ class RerankSettings(BaseModel):
         False,
         description=(
             "Default for requests that leave `rerank` unset. Off: on the Tux Paint task "
-            "SmolLM2-135M re-ranking lowered nDCG@10 from 0.561 to 0.536 "
+            "SmolLM2-135M re-ranking lowered nDCG@10 from 0.561 to 0.545 "
             "(benchmarks/results/retrieval_quality.md); ask for it per request."
         ),
     )
