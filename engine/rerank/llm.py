@@ -12,19 +12,17 @@ prompting does not (FACTS.md).
 
 Cost: each prompt prefix runs once; its key/value cache serves every
 candidate. A batch of candidates is *packed* into one row after the prefix,
-with a block mask so each sees the prefix and its own tokens only: no padding
-and one cache copy per batch (SmolLM2, 2 CPU cores, 20 candidates: ~1.5x the
-candidates/s of right-padded rows). Attention kernels that take no custom
-mask (flash attention) get the padded layout: the prefix cache repeated across
-the batch, right padding, a 2-D mask. An item's neutral term does not depend
-on the query, so an LRU keeps it across calls (repeat items cost about half).
+with a block mask so each sees the prefix and its own tokens only (~1.5x the
+candidates/s of right-padded rows); attention kernels that take no custom mask
+(flash attention) get the padded layout instead (:mod:`engine.rerank.layouts`).
+An item's neutral term does not depend on the query, so an LRU keeps it across
+calls (repeat items cost about half).
 Scoring runs in the caller's (fused) order and stops before a batch expected
 to overrun the deadline, so the scored candidates are always a prefix.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import math
@@ -33,12 +31,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.errors import InvalidInput
+from engine.rerank.layouts import (
+    Batch,
+    Layout,
+    build_batch,
+    default_layout,
+    forward_positions,
+    repeat,
+)
 from engine.rerank.loading import RerankerSpec, load_causal_lm
 
 logger = logging.getLogger(__name__)
@@ -49,10 +55,6 @@ NEUTRAL_INSTRUCTION = "I am looking for something. Suggest one item."
 PLAIN_QUERY_PROMPT = "I am looking for: {query}. One item that fits:\n"
 PLAIN_NEUTRAL_PROMPT = "I am looking for something. One item that fits:\n"
 """The same two prompts for tokenizers without a chat template."""
-
-Layout = Literal["packed", "padded"]
-_MASKABLE = frozenset({"sdpa", "eager"})
-"""Attention implementations that accept a custom 4-D additive mask."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,23 +67,6 @@ class RerankScores:
     """How many candidates have a score (always the first ``scored`` ones)."""
     seconds: float
     """Wall time of the call."""
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """Candidate tokens laid out for one forward pass after a prompt prefix.
-
-    ``inputs``: input_ids, attention_mask, position_ids. ``targets``: the token
-    each scored position predicts (flat); ``rows``: whose candidate each target
-    is; ``select``: flat indices of scored positions in the logits (None: all);
-    ``copies``: the forward's batch size, i.e. how often the prefix cache repeats.
-    """
-
-    inputs: dict[str, torch.Tensor]
-    targets: torch.Tensor
-    rows: torch.Tensor
-    select: torch.Tensor | None
-    copies: int
 
 
 @dataclass(frozen=True)
@@ -128,7 +113,7 @@ class LlmReranker:
         first = next(model.parameters())
         self.device, self._dtype = first.device, first.dtype
         attention = getattr(model.config, "_attn_implementation", None)
-        self.layout: Layout = layout or ("packed" if attention in _MASKABLE else "padded")
+        self.layout: Layout = layout or default_layout(attention)
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._pad_id = next((int(t) for t in (tokenizer.pad_token_id, tokenizer.eos_token_id)
@@ -273,7 +258,7 @@ class LlmReranker:
             seconds = 0.0
             for _ in range(rounds):
                 for prefix, batch in work:
-                    cache = _repeat(prefix.cache, batch.copies)
+                    cache = repeat(prefix.cache, batch.copies)
                     begin = time.monotonic()
                     self.model(**batch.inputs, **{self._cache_arg: cache}, use_cache=True)
                     seconds += time.monotonic() - begin
@@ -327,28 +312,19 @@ class LlmReranker:
         lengths = torch.tensor([max(len(row), 1) for row in rows], dtype=torch.float64)
         return (totals / lengths).tolist()
 
-    def _forward(self, prefix: _Prefix, batch: _Batch) -> torch.Tensor:
+    def _forward(self, prefix: _Prefix, batch: Batch) -> torch.Tensor:
         """Logits of a batch run after a copy of the prefix's cache."""
-        cache = _repeat(prefix.cache, batch.copies)
+        cache = repeat(prefix.cache, batch.copies)
         return self.model(**batch.inputs, **{self._cache_arg: cache}, use_cache=True).logits
 
-    def _batch(self, rows: list[list[int]], prefix_length: int) -> _Batch | None:
-        """Forward inputs that score ``rows`` after a prefix; None when no row needs a forward.
-
-        A row's first token is scored by the prefix's own next-token log-probs,
-        so the forward takes every token but the last (nothing to predict after it).
-        """
-        if max((len(row) for row in rows), default=0) <= 1:
-            return None
-        if self.layout == "packed":
-            return _packed_batch(rows, prefix_length, self._dtype, self.device)
-        return _padded_batch(rows, prefix_length, self._pad_id, self.device)
+    def _batch(self, rows: list[list[int]], prefix_length: int) -> Batch | None:
+        """Forward inputs that score ``rows`` after a prefix in this reranker's layout."""
+        return build_batch(self.layout, rows, prefix_length, dtype=self._dtype,
+                           pad_id=self._pad_id, device=self.device)
 
     def _work(self, rows: list[list[int]]) -> int:
         """Positions a forward over ``rows`` computes: the unit of the time estimate."""
-        if self.layout == "packed":
-            return sum(max(len(row) - 1, 0) for row in rows)
-        return len(rows) * max((len(row) - 1 for row in rows), default=0)
+        return forward_positions(self.layout, rows)
 
     def _known_neutral(self, rows: list[list[int]]) -> dict[tuple[int, ...], float]:
         """Neutral terms of ``rows`` that earlier calls computed (an empty row's is 0)."""
@@ -386,54 +362,6 @@ def merge_order(scores: Sequence[float | None]) -> list[int]:
     for slot, index in zip(slots, ranked, strict=True):
         order[slot] = index
     return order
-
-
-def _repeat(cache: Any, count: int = 1) -> Any:
-    """A fresh copy of a batch-1 prompt cache, repeated ``count`` times along the batch."""
-    fresh = copy.deepcopy(cache)
-    if count > 1:
-        fresh.batch_repeat_interleave(count)
-    return fresh
-
-
-def _packed_batch(rows: list[list[int]], prefix_length: int, dtype: torch.dtype,
-                  device: torch.device) -> _Batch:
-    """All rows in one sequence; a block mask lets each see the prefix and its own past only."""
-    feeds = [row[:-1] for row in rows]
-    total = sum(len(feed) for feed in feeds)
-    owner = torch.tensor([i for i, feed in enumerate(feeds) for _ in feed])
-    offsets = torch.tensor([j for feed in feeds for j in range(len(feed))])
-    order = torch.arange(total)
-    allowed = (owner[:, None] == owner[None, :]) & (order[None, :] <= order[:, None])
-    allowed = torch.cat([torch.ones((total, prefix_length), dtype=torch.bool), allowed], dim=1)
-    mask = torch.zeros((1, 1, total, prefix_length + total), dtype=dtype)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)  # additive: works for sdpa and eager
-    inputs = {"input_ids": torch.tensor([[t for feed in feeds for t in feed]]),
-              "attention_mask": mask, "position_ids": (offsets + prefix_length).unsqueeze(0)}
-    targets = torch.tensor([t for row in rows for t in row[1:]])
-    return _Batch({k: v.to(device) for k, v in inputs.items()}, targets.to(device),
-                  owner, None, copies=1)
-
-
-def _padded_batch(rows: list[list[int]], prefix_length: int, pad_id: int,
-                  device: torch.device) -> _Batch:
-    """Rows right-padded to one width; a 2-D mask covers the prefix and the real tokens."""
-    width = max(len(row) for row in rows) - 1
-    count = len(rows)
-    input_ids = torch.full((count, width), pad_id, dtype=torch.long)
-    real = torch.zeros((count, width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        if len(row) > 1:
-            input_ids[i, : len(row) - 1] = torch.tensor(row[:-1])
-            real[i, : len(row) - 1] = True
-    mask = torch.cat([torch.ones((count, prefix_length), dtype=torch.long), real.long()], dim=1)
-    positions = (torch.arange(width) + prefix_length).expand(count, width)
-    select = real.flatten().nonzero().squeeze(-1)
-    owner = select // width
-    targets = torch.tensor([t for row in rows for t in row[1:]])
-    inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
-    return _Batch({k: v.to(device) for k, v in inputs.items()}, targets.to(device), owner,
-                  select.to(device), copies=count)
 
 
 def _no_time_for(deadline: float | None, seconds_per_position: float | None = None,
