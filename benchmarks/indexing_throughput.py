@@ -3,8 +3,8 @@
     python -m benchmarks.indexing_throughput [--films N] [--stamps N] [--batch-size 64]
 
 For each catalog it times, alternately and ``--repeats`` times:
-- **raw**: the encoders' own batched forward passes on inputs already in memory
-  (text encoder on the texts; for image+text also CLIP image and CLIP text),
+- **raw**: the encoders' own batched passes on inputs already in memory
+  (text encoder and BM25 on the texts; for image+text also CLIP image and text),
   the same model, batch size and device as the pipeline;
 - **pipeline**: ``IndexJob`` from the catalog file on disk into a fresh
   embedded store (read, validate, decode and shrink images in workers, encode,
@@ -59,12 +59,14 @@ def load_catalogs(films: int, stamps: int, folder: Path) -> dict[str, Path]:
 
 
 def raw_seconds(engine: Engine, catalog: Path) -> float:
-    """Time the encoders' batched forward passes alone on in-memory inputs."""
+    """Time the encoders alone (text, BM25, CLIP image and text) on in-memory inputs."""
     rows = [row.fields for row in open_source(catalog).rows() if row.fields]
     texts = [". ".join(p for p in (r.get("title", ""), r.get("text", "")) if p) for r in rows]
     images = [shrink(load_image(r["image"]), 512) for r in rows if r.get("image")]
     started = time.perf_counter()
     engine.text.encode_documents(texts)
+    if engine.lexical is not None:
+        engine.lexical.encode_documents(texts)
     if engine.clip is not None and images:
         engine.clip.encode_images(images)
         engine.clip.encode_texts(texts)
@@ -97,7 +99,7 @@ def engine_for(clip: bool, batch_size: int, data_dir: Path) -> Engine:
         clip={"enabled": clip, "model": "ViT-B-32", "random_weights": True, "pretrained": None,
               "batch_size": batch_size},
         text_encoder={"batch_size": batch_size}, store={"data_dir": data_dir})
-    return Engine.from_config(config)
+    return Engine.from_config(config, load_reranker=False)
 
 
 def main() -> None:
