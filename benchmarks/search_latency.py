@@ -85,8 +85,7 @@ def raw_parts_ms(engine: Engine, query: str) -> float:
     encoded = engine.pipeline.encoder.encode(query, None)
     encode_s = time.perf_counter() - started
     request = SearchRequest(text=query, image=None, top_k=10, tenant="default")
-    retriever = engine.pipeline.retriever
-    channels = [c for c in retriever_channels(retriever, encoded, request)]
+    channels = engine.pipeline.retriever.channels(encoded, request, 10)
     plan = plan_hybrid(engine.schema, HybridQuery(channels=channels, limit=10,
                                                   tenant="default"))
     batch = hybrid_requests(plan, engine.config.store.hnsw_ef)  # type: ignore[arg-type]
@@ -96,16 +95,6 @@ def raw_parts_ms(engine: Engine, query: str) -> float:
     started = time.perf_counter()
     shard.query_batch(QueryBatchRequest(batch))
     return (encode_s + time.perf_counter() - started) * 1000
-
-
-def retriever_channels(retriever: Any, encoded: Any, request: SearchRequest) -> list[Any]:
-    """The ChannelQuery list the retriever would send (same weights and candidates)."""
-    from engine.query import ChannelQuery
-
-    weights = {**retriever.settings.weights}
-    candidates = retriever.settings.candidates
-    return [ChannelQuery(name, vector, candidates, weights.get(name, 1.0))
-            for name, vector in encoded.vectors.items() if weights.get(name, 1.0) > 0]
 
 
 def percentiles(values: list[float]) -> tuple[float, float]:

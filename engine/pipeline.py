@@ -172,6 +172,26 @@ class Engine:
             stored.append(StoredItem(record=item.record, vectors=vectors))
         return stored
 
+    def encode_each(self, items: Sequence[ItemInput]
+                    ) -> tuple[list[StoredItem], list[tuple[int, str]]]:
+        """Encode a batch, and if the engine refuses it, item by item so only bad items drop.
+
+        Returns the encoded items (in order, without the refused ones) and
+        (index in ``items``, reason) of each refused item.
+        """
+        try:
+            return self.encode_items(items), []
+        except InvalidInput:
+            pass
+        encoded: list[StoredItem] = []
+        refused: list[tuple[int, str]] = []
+        for index, item in enumerate(items):
+            try:
+                encoded.extend(self.encode_items([item]))
+            except InvalidInput as exc:
+                refused.append((index, str(exc)))
+        return encoded, refused
+
     def upsert(self, items: Sequence[ItemInput]) -> int:
         """Encode and store items (replacing any with the same tenant and id); returns the count."""
         stored = self.encode_items(items)

@@ -111,15 +111,21 @@ class HybridRetriever:
         self.store = store
         self.settings = settings
 
-    def retrieve(self, query: EncodedQuery, request: SearchRequest, limit: int
-                 ) -> tuple[list[FusedHit], str, list[str]]:
-        """Fused candidates best first, the fusion used, and the channels searched."""
+    def channels(self, query: EncodedQuery, request: SearchRequest, limit: int
+                 ) -> list[ChannelQuery]:
+        """One prefetch per channel the query fills and whose weight (request over config) > 0."""
         weights = {**self.settings.weights, **request.weights}
         candidates = max(request.candidates or self.settings.candidates, limit)
         channels = [ChannelQuery(name, vector, candidates, weights.get(name, 1.0))
                     for name, vector in query.vectors.items() if weights.get(name, 1.0) > 0]
         if not channels:
             raise InvalidInput("every channel this query could use has weight 0")
+        return channels
+
+    def retrieve(self, query: EncodedQuery, request: SearchRequest, limit: int
+                 ) -> tuple[list[FusedHit], str, list[str]]:
+        """Fused candidates best first, the fusion used, and the channels searched."""
+        channels = self.channels(query, request, limit)
         fusion = request.fusion or self.settings.fusion
         hits = self.store.hybrid_search(HybridQuery(
             channels=channels, limit=limit, tenant=request.tenant, fusion=fusion,

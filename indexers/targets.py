@@ -94,19 +94,7 @@ class StoreTarget:
 
     def encode(self, batch: Sequence[Prepared]) -> tuple[list[StoredItem], list[Rejection]]:
         """Fused and per-channel vectors; a batch the engine refuses is retried item by item."""
-        inputs = [ItemInput(p.record, p.image) for p in batch]
-        try:
-            return self.engine.encode_items(inputs), []
-        except InvalidInput:
-            pass
-        encoded: list[StoredItem] = []
-        rejected: list[Rejection] = []
-        for index, item in enumerate(inputs):
-            try:
-                encoded.extend(self.engine.encode_items([item]))
-            except InvalidInput as exc:
-                rejected.append((index, str(exc)))
-        return encoded, rejected
+        return self.engine.encode_each([ItemInput(p.record, p.image) for p in batch])
 
     def write(self, encoded: list[StoredItem]) -> list[Rejection]:
         """Upsert into the store (deterministic ids: a repeat replaces, never duplicates)."""

@@ -138,23 +138,19 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def _flush(self, context: grpc.aio.ServicerContext,
                      batch: dict[str, tuple[int, ItemInput]], rejected: list[pb.RejectedItem]
                      ) -> int:
-        """Upsert a batch; if it fails validation, retry item by item to isolate the bad ones."""
+        """Encode and store a batch; items the engine refuses are reported, the rest stored."""
         entries = list(batch.values())
         batch.clear()
         if not entries:
             return 0
-        try:
-            done = await self._run(context, self.engine.upsert, [item for _, item in entries])
-        except InvalidInput:
-            done = 0
-            for index, item in entries:
-                try:
-                    done += await self._run(context, self.engine.upsert, [item])
-                except InvalidInput as exc:
-                    rejected.append(pb.RejectedItem(index=index, id=item.record.id,
-                                                    reason=str(exc)))
-        self._schedule_index_build(done)
-        return done
+        encoded, refused = await self._run(context, self.engine.encode_each,
+                                           [item for _, item in entries])
+        for position, reason in refused:
+            index, item = entries[position]
+            rejected.append(pb.RejectedItem(index=index, id=item.record.id, reason=reason))
+        await self._run(context, self.engine.store.upsert, encoded)
+        self._schedule_index_build(len(encoded))
+        return len(encoded)
 
     def _schedule_index_build(self, written: int) -> None:
         """Start a background HNSW build after every `store.optimize_after` writes.
