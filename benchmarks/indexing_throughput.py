@@ -34,20 +34,24 @@ from engine.images import load_image
 from engine.pipeline import Engine
 from engine.store import EdgeStore
 from indexers.checkpoint import job_files
-from indexers.datasets import movielens_items, tuxpaint_items, write_jsonl
+from indexers.datasets import (
+    DATASETS,
+    movielens_dir,
+    movielens_items,
+    stamps_dir,
+    tuxpaint_items,
+    write_jsonl,
+)
 from indexers.fetch import FetchOptions
 from indexers.pipeline import IndexJob, JobOptions
 from indexers.sources import open_source
 from indexers.targets import StoreTarget, shrink
 
-DATASETS = Path(".mmrec/datasets")
-
 
 def load_catalogs(films: int, stamps: int, folder: Path) -> dict[str, Path]:
     """The two benchmark catalogs as JSONL files in ``folder``."""
-    ml = DATASETS / "ml-100k"
-    tux = DATASETS / "tuxpaint/usr/share/tuxpaint/stamps"
-    if not (ml / "ml-100k.item").is_file() or not tux.is_dir():
+    ml, tux = movielens_dir(), stamps_dir()
+    if not (ml / "ml-100k.item").is_file() or tux is None:
         raise SystemExit(f"benchmark data missing under {DATASETS}: run `make data` first")
     film_rows = list(movielens_items(ml))[:films]
     stamp_rows = [r for r in tuxpaint_items(tux) if r["image"]][:stamps]

@@ -23,12 +23,12 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from benchmarks.report import RESULTS, markdown_table, write
+from engine.config import EngineConfig
 from engine.encoders import resolve_device
 from engine.rerank import LlmReranker, RerankerSpec, default_cache_dir
-from indexers.datasets import movielens_items, tuxpaint_items
+from indexers.datasets import DATASETS, movielens_dir, movielens_items, stamps_dir, tuxpaint_items
 
-GGUF = Path(".mmrec/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-DATASETS = Path(".mmrec/datasets")
+GGUF = Path(EngineConfig().rerank.model)
 QUERIES = ["space adventure", "a cute animal", "romantic comedy", "red vehicle",
            "musical instrument", "scary horror film", "something to eat", "a sunny day",
            "war movie", "winter holiday"]
@@ -36,8 +36,8 @@ QUERIES = ["space adventure", "a cute animal", "romantic comedy", "red vehicle",
 
 def texts() -> list[str]:
     """Catalog texts, interleaving films and stamps."""
-    films = [f"{r['title']}. {r['text']}" for r in movielens_items(DATASETS / "ml-100k")]
-    stamps = [r["title"] for r in tuxpaint_items(DATASETS / "tuxpaint/usr/share/tuxpaint/stamps")]
+    films = [f"{r['title']}. {r['text']}" for r in movielens_items(movielens_dir())]
+    stamps = [r["title"] for r in tuxpaint_items(stamps_dir() or DATASETS)]
     mixed = [t for pair in zip(films, stamps, strict=False) for t in pair]
     return mixed + films[len(stamps):]
 

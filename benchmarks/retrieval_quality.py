@@ -34,11 +34,10 @@ from benchmarks.report import RESULTS, markdown_table, write
 from engine.config import EngineConfig
 from engine.pipeline import Engine
 from engine.search import SearchRequest
-from indexers.datasets import tuxpaint_items, write_jsonl
+from indexers.datasets import stamps_dir, tuxpaint_items, write_jsonl
 from indexers.job import run_index_job
 from indexers.pipeline import JobOptions
 
-STAMPS = Path(".mmrec/datasets/tuxpaint/usr/share/tuxpaint/stamps")
 WORK = Path(".mmrec/bench/retrieval")
 SKIP_FOLDERS = {"cartoon", "iso", "realistic", "us", "coins"}
 NAMES = {"naturalforces": "natural forces", "newyears": "new years"}
@@ -71,9 +70,10 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=int, default=20_000,
                         help="Re-rank budget per query (large: measure quality, not speed).")
     args = parser.parse_args()
-    if not STAMPS.is_dir():
-        raise SystemExit(f"{STAMPS} missing: run `make data` first")
-    rows, queries, qrels = build_task(STAMPS)
+    stamps = stamps_dir()
+    if stamps is None:
+        raise SystemExit("the Tux Paint stamps are missing: run `make data` first")
+    rows, queries, qrels = build_task(stamps)
     catalog = WORK / "stamps.jsonl"
     write_jsonl(iter(rows), catalog)
     config = EngineConfig.load(clip={"enabled": True}, store={"data_dir": WORK / "store"})

@@ -31,14 +31,14 @@ from engine.client import MmrecClient
 from engine.config import EngineConfig
 from engine.pipeline import Engine
 from engine.query import HybridQuery
+from engine.rerank import default_cache_dir
 from engine.search import SearchRequest
 from engine.service import start_server
 from engine.store.edge_query import hybrid_requests
 from engine.store.hybrid import plan_hybrid
 from engine.types import ItemRecord, StoredItem
-from indexers.datasets import movielens_items, tuxpaint_items
+from indexers.datasets import DATASETS, movielens_dir, movielens_items, stamps_dir, tuxpaint_items
 
-DATASETS = Path(".mmrec/datasets")
 WORK = Path(".mmrec/bench")
 QUERIES = ["space adventure", "a cute cat", "romantic comedy", "red fire truck", "guitar",
            "horror film", "fresh fruit", "winter holiday", "war story", "a toy rocket",
@@ -46,10 +46,10 @@ QUERIES = ["space adventure", "a cute cat", "romantic comedy", "red fire truck",
 
 
 def vocabulary() -> list[str]:
-    words = [w.strip(".,:()'\"").lower() for r in movielens_items(DATASETS / "ml-100k")
+    words = [w.strip(".,:()'\"").lower() for r in movielens_items(movielens_dir())
              for w in r["title"].split()]
-    words += [w.strip(".,").lower() for r in tuxpaint_items(
-        DATASETS / "tuxpaint/usr/share/tuxpaint/stamps") for w in r["title"].split()]
+    words += [w.strip(".,").lower() for r in tuxpaint_items(stamps_dir() or DATASETS)
+              for w in r["title"].split()]
     return sorted({w for w in words if len(w) > 2 and w.isalpha()})
 
 
@@ -102,8 +102,8 @@ def percentiles(values: list[float]) -> tuple[float, float]:
 
 
 def measure(size: int, queries: int, rerank_queries: int) -> dict[str, Any]:
-    llm_cache = WORK / "models" / "SmolLM2-135M-Instruct.Q4_1"
-    gguf = Path(".mmrec/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    gguf = EngineConfig().rerank.model
+    llm_cache = default_cache_dir(WORK, gguf)
     config = EngineConfig.load(
         clip={"enabled": False}, store={"data_dir": WORK / f"latency-{size}"},
         rerank={"model": str(llm_cache if llm_cache.is_dir() else gguf)},

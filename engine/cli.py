@@ -15,6 +15,7 @@ from rich.table import Table
 
 from engine.config import EngineConfig
 from engine.types import EngineInfo
+from indexers.datasets import DATASETS
 
 if TYPE_CHECKING:
     from engine.client import SearchReply
@@ -185,7 +186,7 @@ def info(target: TargetOpt = DEFAULT_TARGET) -> None:
 @app.command()
 def demo(
     datasets: Annotated[Path, typer.Option(help="Where `make data` unpacked the data sets.")] = (
-        Path(".mmrec/datasets")),
+        DATASETS),
     data_dir: Annotated[Path, typer.Option(help="Store directory for the demo.")] = (
         Path(".mmrec/demo")),
     port: Annotated[int, typer.Option(help="Loopback port for the demo service.")] = 50071,

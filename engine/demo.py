@@ -22,7 +22,13 @@ from engine.client import MmrecClient
 from engine.config import EngineConfig
 from engine.errors import SchemaMismatch
 from engine.types import EngineInfo
-from indexers.datasets import movielens_items, tuxpaint_items, write_jsonl
+from indexers.datasets import (
+    movielens_dir,
+    movielens_items,
+    stamps_dir,
+    tuxpaint_items,
+    write_jsonl,
+)
 from indexers.job import run_index_job
 
 TEXT_QUERIES = [
@@ -37,19 +43,10 @@ IMAGE_QUERIES = ["animals/mammals/dogs/dog.png", "vehicles/emergency/firetruck.p
                  "hobbies/music/string/guitar_classical.png"]
 
 
-def find_stamps(datasets: Path) -> Path | None:
-    """The Tux Paint stamps folder: unpacked by `make data`, or installed system-wide."""
-    for candidate in (datasets / "tuxpaint/usr/share/tuxpaint/stamps",
-                      Path("/usr/share/tuxpaint/stamps")):
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
 def build_catalog(datasets: Path, out: Path, console: Console) -> Path | None:
     """Write the demo catalog (films + stamps) as JSONL; None if the data is missing."""
-    films = datasets / "ml-100k"
-    stamps = find_stamps(datasets)
+    films = movielens_dir(datasets)
+    stamps = stamps_dir(datasets)
     if not (films / "ml-100k.item").is_file() or stamps is None:
         console.print(f"[red]demo data missing[/] under {datasets}: run `make data` "
                       "(or `make demo`, which runs it)")
@@ -108,7 +105,7 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
             console.rule("3. query")
             llm = next((m for m in info.models if m.role == "llm"), None)
             _text_queries(client, console, bool(llm and llm.loaded))
-            _image_queries(client, console, info.models, find_stamps(datasets))
+            _image_queries(client, console, info.models, stamps_dir(datasets))
             console.rule("4. latency")
             _latency(client, console, info)
     finally:

@@ -16,6 +16,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+DATASETS = Path(".mmrec/datasets")
+"""Where `make data` unpacks the data sets (the Makefile's DATA/datasets)."""
+
+
+def movielens_dir(datasets: Path = DATASETS) -> Path:
+    """The MovieLens-100k folder under a datasets folder."""
+    return datasets / "ml-100k"
+
+
+def stamps_dir(datasets: Path = DATASETS) -> Path | None:
+    """The Tux Paint stamps folder: unpacked by `make data`, or installed system-wide."""
+    for candidate in (datasets / "tuxpaint/usr/share/tuxpaint/stamps",
+                      Path("/usr/share/tuxpaint/stamps")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
 
 def movielens_items(folder: Path) -> Iterator[dict[str, Any]]:
     """Catalog rows for the films of ``ml-100k.item`` (RecBole's atomic file format)."""
