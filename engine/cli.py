@@ -18,7 +18,7 @@ from engine.types import EngineInfo
 from indexers.datasets import DATASETS
 
 if TYPE_CHECKING:
-    from engine.client import SearchReply
+    from engine.client import RecommendReply, SearchReply
     from engine.explain import Explanation
     from indexers.pipeline import JobSummary
 
@@ -120,6 +120,40 @@ def index(
     print_summary(console, summary)
 
 
+@app.command("train-seq")
+def train_seq(
+    log: Annotated[Path | None, typer.Argument(
+        help="Interaction log (CSV/TSV/JSONL or RecBole .inter: user_id, item_id, timestamp, "
+        "optional kind and value). Default: the events recorded in the store.",
+        exists=True, dir_okay=False)] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    tenant: Annotated[str, typer.Option(help="Tenant whose items get behaviour vectors.")] = "",
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the behavioural channel (SASRec) and store every item's behaviour vector."""
+    from engine.sequential import SequentialSettings
+    from engine.types import DEFAULT_TENANT
+    from indexers.behaviour import train_behaviour
+
+    cfg = _config(config, data_dir)
+    _quiet_model_loading()
+    summary = train_behaviour(cfg, log, tenant=tenant or DEFAULT_TENANT,
+                              settings=SequentialSettings(epochs=epochs, seed=seed),
+                              progress=progress)
+    valid = ("n/a" if summary.best_valid_ndcg is None
+             else f"{summary.best_valid_ndcg:.4f}")
+    console.print(
+        f"trained on {summary.users:,} users / {summary.interactions:,} interactions from "
+        f"{summary.source} in {summary.train_seconds:.0f} s ({summary.epochs_run} epochs); "
+        f"held-out next-item NDCG@10 {valid}; {summary.vectors_written:,} of "
+        f"{summary.items_in_model:,} items got behaviour vectors; model saved to "
+        f"{summary.model_path}" + (f"; {summary.skipped_rows} rows skipped"
+                                   if summary.skipped_rows else ""))
+
+
 def print_summary(out: Console, summary: JobSummary) -> None:
     """The end-of-job report: counts, time, and items/s per stage."""
     if summary.already_done:
@@ -200,9 +234,11 @@ def demo(
     sys.exit(run_demo(cfg, datasets=datasets, port=port, config_file=config))
 
 
-def print_reply(out: Console, label: str, reply: SearchReply) -> None:
-    """A readable table of search results, with the reasons when they were asked for."""
+def print_reply(out: Console, label: str, reply: SearchReply | RecommendReply) -> None:
+    """A readable table of search or recommend results, with the reasons when asked for."""
     how = f"channels: {', '.join(reply.channels)}; {reply.fusion}"
+    if getattr(reply, "cold_start", False):
+        how += "; cold start"
     if reply.reranked:
         how += f"; LLM re-ranked {reply.reranked}"
         how += " (budget ran out)" if reply.budget_exhausted else ""
@@ -237,6 +273,8 @@ def why(e: Explanation) -> str:
         parts.append(f"LLM {e.rerank_score:+.2f}")
     if e.matched_terms:
         parts.append("words: " + ", ".join(e.matched_terms))
+    if e.because_of:
+        parts.append("because of: " + ", ".join(e.because_of))
     text = "; ".join(parts)
     return f"{text}. {e.reason}" if e.reason else text
 

@@ -22,7 +22,7 @@ from engine import convert
 from engine.explain import Explanation
 from engine.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
-from engine.types import EngineInfo, ItemRecord, SearchHit
+from engine.types import EngineInfo, Event, ItemRecord, SearchHit
 
 SERVICE_NAME = "mmrec.v1.Recommender"
 
@@ -42,6 +42,29 @@ class SearchReply:
     hits: list[SearchHit]
     channels: list[str]
     fusion: str = ""
+    reranked: int = 0
+    budget_exhausted: bool = False
+    explanations: list[Explanation] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventReport:
+    """What RecordEvents recorded and refused (index in the stream, reason)."""
+
+    recorded: int
+    users_updated: int
+    rejected: list[tuple[int, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendReply:
+    """Recommended items best first and how they were found."""
+
+    hits: list[SearchHit]
+    channels: list[str]
+    fusion: str
+    strategy: str
+    cold_start: bool
     reranked: int = 0
     budget_exhausted: bool = False
     explanations: list[Explanation] | None = None
@@ -125,6 +148,44 @@ class MmrecClient:
         response = self._stub.DeleteItems(pb.DeleteItemsRequest(ids=list(ids), tenant=tenant),
                                           timeout=self.timeout)
         return response.deleted, list(response.missing_ids)
+
+    def record_events(self, events: Iterable[Event]) -> EventReport:
+        """Stream interaction events; each valid one updates its user's profile at once."""
+        messages = (convert.event_to_message(event) for event in events)
+        response = self._stub.RecordEvents(messages, timeout=self.timeout)
+        return EventReport(recorded=response.recorded, users_updated=response.users_updated,
+                           rejected=[(r.index, r.reason) for r in response.rejected])
+
+    def recommend(self, *, user_id: str = "", top_k: int = 0, tenant: str = "",
+                  positive_ids: Sequence[str] = (), negative_ids: Sequence[str] = (),
+                  context: str = "", include_seen: bool = False, rerank: bool | None = None,
+                  explain: bool = False, strategy: str = "", diversity: float | None = None,
+                  weights: dict[str, float] | None = None,
+                  filter: pb.Filter | None = None) -> RecommendReply:
+        """Recommendations for a user and/or example items (see RecommendRequest)."""
+        request = pb.RecommendRequest(
+            user_id=user_id, top_k=top_k, tenant=tenant, positive_ids=list(positive_ids),
+            negative_ids=list(negative_ids), context=context, include_seen=include_seen,
+            explain=explain, filter=filter,
+            strategy={v: k for k, v in convert.STRATEGIES.items()}[strategy or None])
+        if rerank is not None:
+            request.rerank = rerank
+        if diversity is not None:
+            request.diversity = diversity
+        if weights:
+            request.hybrid.channel_weights.update(weights)
+        response = self._stub.Recommend(request, timeout=self.timeout)
+        return RecommendReply(hits=convert.hits_from_response(response),
+                              channels=list(response.channels), fusion=response.fusion,
+                              strategy=response.strategy, cold_start=response.cold_start,
+                              reranked=response.reranked,
+                              budget_exhausted=response.rerank_budget_exhausted,
+                              explanations=convert.explanations_from_response(response))
+
+    def delete_user(self, user_id: str, *, tenant: str = "") -> pb.DeleteUserResponse:
+        """Erase a user; the response counts what was removed."""
+        return self._stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id, tenant=tenant),
+                                     timeout=self.timeout)
 
     def info(self) -> EngineInfo:
         """Models, channels, item count and device of the service."""

@@ -141,6 +141,61 @@ class ServiceSettings(BaseModel):
     grace_seconds: float = Field(5.0, ge=0.0, description="Drain time on SIGTERM.")
 
 
+class ProfileSettings(BaseModel):
+    """How interaction events become a user profile (see ``engine.profiles``)."""
+
+    kinds: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 3.0,
+                                 "purchase": 4.0, "rating": 1.0, "like": 3.0, "dislike": -2.0},
+        description="Event kinds accepted and the weight of each in the profile; a negative "
+        "weight pushes the profile away from the item (and makes it a negative example).",
+    )
+    value_scale: dict[str, float] = Field(
+        default_factory=lambda: {"rating": 5.0},
+        description="Kinds whose weight is multiplied by value / scale (a 5-star rating "
+        "counts fully); other kinds ignore the value.",
+    )
+    half_life_events: float = Field(
+        10.0, gt=0.0,
+        description="An event counts half once this many newer events came after it "
+        "(recency carries most of the signal on MovieLens; measured).")
+    half_life_days: float | None = Field(
+        None, gt=0.0, description="Also halve an event's weight per this many days; unset: off.")
+    max_events: int = Field(
+        500, ge=1, description="Events kept per user; older ones leave the history, "
+        "but still count (decayed) in the profile vector.")
+    recent: int = Field(
+        20, ge=1, description="Latest positive items used as examples by the recommend "
+        "strategies and shown to the LLM and in explanations.")
+    cache_size: int = Field(10_000, ge=0, description="Profiles kept in memory between calls.")
+
+
+class RecommendSettings(BaseModel):
+    """Recommendations from history (see ``engine.recommend``)."""
+
+    strategy: Literal["profile", "average_vector", "best_score", "sum_scores"] = Field(
+        "profile", description="How the history becomes the content query: nearest to the "
+        "profile vector, or Qdrant's recommend strategies over the recent items.")
+    content_vector: str = Field("fused", description="Named vector the content query uses.")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"behaviour": 1.0, "fused": 0.3, "text": 0.3, "lexical": 0.3},
+        description="Per-channel RRF weight; 'fused' is the history's content channel. "
+        "Tuned on MovieLens validation data (benchmarks/recommend_quality.py).")
+    rrf_k: int = Field(60, ge=1)
+    candidates: int = Field(200, ge=1, le=10_000, description="Candidates per channel.")
+    include_seen: bool = Field(False, description="Default for requests: return seen items.")
+
+
+class BehaviourSettings(BaseModel):
+    """The behavioural channel: a SASRec-style model trained by ``mmrec train-seq``."""
+
+    enabled: bool = Field(True, description="Keep a 'behaviour' vector per item and use the "
+                          "model when one is trained.")
+    dim: int = Field(64, ge=4, description="Model width; the stored vector has dim + 1 values.")
+    path: Path | None = Field(
+        None, description="Folder of the trained model; unset: <store.data_dir>/models/sequential.")
+
+
 class EngineConfig(BaseSettings):
     """Everything the engine needs to start, in one object."""
 
@@ -155,6 +210,9 @@ class EngineConfig(BaseSettings):
     channels: ChannelWeights = ChannelWeights()
     retrieval: RetrievalSettings = RetrievalSettings()
     rerank: RerankSettings = RerankSettings()
+    profiles: ProfileSettings = ProfileSettings()
+    recommend: RecommendSettings = RecommendSettings()
+    sequential: BehaviourSettings = BehaviourSettings()
     store: StoreSettings = StoreSettings()
     service: ServiceSettings = ServiceSettings()
 
@@ -169,6 +227,10 @@ class EngineConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Keyword arguments beat the environment, which beats the TOML file."""
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    def sequential_path(self) -> Path:
+        """Where ``mmrec train-seq`` writes the behaviour model and the engine looks for it."""
+        return self.sequential.path or Path(self.store.data_dir) / "models" / "sequential"
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> EngineConfig:

@@ -18,8 +18,11 @@ from engine.types import (
     DEFAULT_TENANT,
     ChannelStatus,
     EngineInfo,
+    Erasure,
+    Event,
     ItemRecord,
     ModelStatus,
+    RecommendResult,
     SearchHit,
     SearchResult,
 )
@@ -74,7 +77,8 @@ def record_to_item(record: ItemRecord) -> pb.Item:
 
 def _explanation(e: Explanation) -> pb.Explanation:
     message = pb.Explanation(rank=e.rank, fused_rank=e.fused_rank, fused_score=e.fused_score,
-                             matched_terms=e.matched_terms, reason=e.reason)
+                             matched_terms=e.matched_terms, reason=e.reason,
+                             because_of=e.because_of)
     for name, hit in e.channels.items():
         message.channels[name].CopyFrom(pb.ChannelScore(rank=hit.rank, score=hit.score))
     if e.rerank_score is not None:
@@ -82,14 +86,21 @@ def _explanation(e: Explanation) -> pb.Explanation:
     return message
 
 
+def _scored_items(hits: list[SearchHit], explanations: list[Explanation] | None
+                  ) -> list[pb.ScoredItem]:
+    """Hits (and their explanations, when asked) as wire ScoredItems."""
+    results = []
+    for i, hit in enumerate(hits):
+        scored = pb.ScoredItem(id=hit.record.id, score=hit.score, item=record_to_item(hit.record))
+        if explanations is not None:
+            scored.explanation.CopyFrom(_explanation(explanations[i]))
+        results.append(scored)
+    return results
+
+
 def search_response(result: SearchResult) -> pb.SearchResponse:
     """A SearchResult on the wire."""
-    results = []
-    for i, hit in enumerate(result.hits):
-        scored = pb.ScoredItem(id=hit.record.id, score=hit.score, item=record_to_item(hit.record))
-        if result.explanations is not None:
-            scored.explanation.CopyFrom(_explanation(result.explanations[i]))
-        results.append(scored)
+    results = _scored_items(result.hits, result.explanations)
     return pb.SearchResponse(results=results, channels=result.channels,
                              reranked=result.reranked,
                              rerank_budget_exhausted=result.budget_exhausted,
@@ -140,21 +151,22 @@ def item_filter(message: pb.Filter) -> ItemFilter:
                       exclude_ids=tuple(message.exclude_ids))
 
 
-def hits_from_response(response: pb.SearchResponse) -> list[SearchHit]:
-    """The hits of a SearchResponse as domain objects (client side)."""
+def hits_from_response(response: pb.SearchResponse | pb.RecommendResponse) -> list[SearchHit]:
+    """The hits of a Search or Recommend response as domain objects (client side)."""
     return [SearchHit(record=item_to_record(r.item) if r.HasField("item") else ItemRecord(id=r.id),
                       score=r.score) for r in response.results]
 
 
-def explanations_from_response(response: pb.SearchResponse) -> list[Explanation] | None:
-    """The explanations of a SearchResponse (client side), or None when none were asked for."""
+def explanations_from_response(response: pb.SearchResponse | pb.RecommendResponse
+                               ) -> list[Explanation] | None:
+    """The explanations of a response (client side), or None when none were asked for."""
     if not any(r.HasField("explanation") for r in response.results):
         return None
     return [Explanation(
         rank=e.rank, fused_rank=e.fused_rank, fused_score=e.fused_score,
         channels={name: ChannelHit(c.rank, c.score) for name, c in e.channels.items()},
         rerank_score=e.rerank_score if e.HasField("rerank_score") else None,
-        matched_terms=list(e.matched_terms), reason=e.reason)
+        matched_terms=list(e.matched_terms), reason=e.reason, because_of=list(e.because_of))
         for e in (r.explanation for r in response.results)]
 
 
@@ -182,3 +194,38 @@ def info_from_response(response: pb.GetInfoResponse) -> EngineInfo:
         models=[ModelStatus(m.role, m.name, m.loaded, m.reason) for m in response.models],
         channels=[ChannelStatus(c.name, c.dim, c.weight, c.enabled) for c in response.channels],
     )
+
+
+STRATEGIES: dict[int, str | None] = {
+    pb.RECOMMEND_STRATEGY_UNSPECIFIED: None, pb.RECOMMEND_STRATEGY_PROFILE: "profile",
+    pb.RECOMMEND_STRATEGY_AVERAGE_VECTOR: "average_vector",
+    pb.RECOMMEND_STRATEGY_BEST_SCORE: "best_score", pb.RECOMMEND_STRATEGY_SUM_SCORES: "sum_scores"}
+
+
+def event_from_message(message: pb.Event) -> Event:
+    """A wire Event as a domain Event (validated by the profiles layer)."""
+    return Event(user_id=message.user_id.strip(), item_id=message.item_id.strip(),
+                 kind=message.kind.strip().lower(), value=message.value,
+                 timestamp=message.timestamp, tenant=tenant_of(message.tenant))
+
+
+def event_to_message(event: Event) -> pb.Event:
+    """A domain Event on the wire (client side)."""
+    return pb.Event(user_id=event.user_id, item_id=event.item_id, kind=event.kind,
+                    value=event.value, timestamp=event.timestamp, tenant=event.tenant)
+
+
+def recommend_response(result: RecommendResult) -> pb.RecommendResponse:
+    """A RecommendResult on the wire."""
+    return pb.RecommendResponse(results=_scored_items(result.hits, result.explanations),
+                                channels=result.channels, reranked=result.reranked,
+                                rerank_budget_exhausted=result.budget_exhausted,
+                                fusion=result.fusion, cold_start=result.cold_start,
+                                strategy=result.strategy)
+
+
+def erasure_response(erasure: Erasure) -> pb.DeleteUserResponse:
+    """What DeleteUser removed, on the wire."""
+    return pb.DeleteUserResponse(events_deleted=erasure.events, seen_deleted=erasure.seen,
+                                 profile_deleted=erasure.profile,
+                                 cache_entries_deleted=erasure.cache_entries)

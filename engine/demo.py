@@ -24,6 +24,7 @@ from engine.errors import SchemaMismatch
 from engine.types import EngineInfo
 from indexers.datasets import (
     movielens_dir,
+    movielens_events,
     movielens_items,
     stamps_dir,
     tuxpaint_items,
@@ -39,8 +40,22 @@ TEXT_QUERIES = [
     "a red fire truck",
     "musical instrument",
 ]
+DEMO_USER, VISITOR = "ml-user-1", "demo-visitor"
+DEMO_EPOCHS = 40
+"""SASRec epochs the demo trains (early stopping may end sooner); `mmrec train-seq` runs 200."""
 IMAGE_QUERIES = ["animals/mammals/dogs/dog.png", "vehicles/emergency/firetruck.png",
                  "hobbies/music/string/guitar_classical.png"]
+
+
+def _write_if_changed(rows, out: Path) -> int:  # type: ignore[no-untyped-def]
+    """Write JSONL rows, leaving an identical file untouched (checkpoints stay valid)."""
+    fresh = out.with_suffix(".new")
+    count = write_jsonl(rows, fresh)
+    if out.is_file() and out.read_bytes() == fresh.read_bytes():
+        fresh.unlink()
+    else:
+        fresh.replace(out)
+    return count
 
 
 def build_catalog(datasets: Path, out: Path, console: Console) -> Path | None:
@@ -56,12 +71,7 @@ def build_catalog(datasets: Path, out: Path, console: Console) -> Path | None:
         yield from movielens_items(films)
         yield from tuxpaint_items(stamps)
 
-    fresh = out.with_suffix(".new")
-    count = write_jsonl(rows(), fresh)
-    if out.is_file() and out.read_bytes() == fresh.read_bytes():
-        fresh.unlink()  # unchanged: keep the file, so the indexer's checkpoint still matches
-    else:
-        fresh.replace(out)
+    count = _write_if_changed(rows(), out)
     console.print(f"catalog: {count} items (MovieLens-100k films from {films}, "
                   f"Tux Paint stamps from {stamps}) -> {out}")
     return out
@@ -87,6 +97,10 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
         shutil.rmtree(config.store.data_dir)
         summary = run_index_job(config, catalog)
     print_summary(console, summary)
+    events_log = config.store.data_dir.parent / "demo-events.jsonl"
+    count = _write_if_changed(movielens_events(movielens_dir(datasets)), events_log)
+    console.print(f"interaction log: {count:,} MovieLens ratings -> {events_log}")
+    _train_behaviour(config, events_log, console)
 
     console.rule("2. serve")
     command = [sys.executable, "-m", "engine", "serve", "--data-dir", str(config.store.data_dir),
@@ -106,7 +120,9 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
             llm = next((m for m in info.models if m.role == "llm"), None)
             _text_queries(client, console, bool(llm and llm.loaded))
             _image_queries(client, console, info.models, stamps_dir(datasets))
-            console.rule("4. latency")
+            console.rule("4. recommend")
+            _recommend(client, console, events_log, bool(llm and llm.loaded))
+            console.rule("5. latency")
             _latency(client, console, info)
     finally:
         server.terminate()
@@ -161,3 +177,63 @@ def _image_queries(client: MmrecClient, console: Console, models: list,  # type:
     for path in paths:
         reply = client.search(image=path, top_k=5)
         print_reply(console, f"image {path.name}", reply)
+
+
+def _train_behaviour(config: EngineConfig, events_log: Path, console: Console) -> None:
+    """Train the behavioural channel once (a later demo run reuses the saved model)."""
+    from engine.sequential import SequentialSettings
+    from indexers.behaviour import train_behaviour
+
+    folder = config.sequential_path()
+    if folder.is_dir() and any(folder.iterdir()):
+        console.print(f"behaviour model: trained already ({folder}); "
+                      f"`mmrec train-seq` retrains it")
+        return
+    console.print(f"training the behaviour model (SASRec, at most {DEMO_EPOCHS} epochs) on "
+                  f"{events_log.name} ...")
+    summary = train_behaviour(config, events_log, settings=SequentialSettings(
+        epochs=DEMO_EPOCHS), progress=True)
+    console.print(f"behaviour model: {summary.users:,} users, {summary.interactions:,} "
+                  f"interactions, {summary.epochs_run} epochs in {summary.train_seconds:.0f} s, "
+                  f"held-out NDCG@10 {summary.best_valid_ndcg or 0:.3f}; "
+                  f"{summary.vectors_written:,} items got behaviour vectors")
+
+
+def _recommend(client: MmrecClient, console: Console, events_log: Path, llm: bool) -> None:
+    """Replay the log as live events, recommend from history, react to one new event, erase."""
+    from indexers.interactions import read_events
+
+    if client.recommend(user_id=DEMO_USER, top_k=1).cold_start:
+        replay = MmrecClient(client.target, timeout=900)
+        started = time.perf_counter()
+        report = replay.record_events(read_events(events_log))
+        seconds = time.perf_counter() - started
+        replay.close()
+        console.print(f"replayed {report.recorded:,} events of {report.users_updated:,} users "
+                      f"over RecordEvents in {seconds:.1f} s ({report.recorded / seconds:,.0f} "
+                      f"events/s); {len(report.rejected)} refused")
+    else:
+        console.print("the MovieLens events were recorded by an earlier demo run")
+    print_reply(console, f"recommended for {DEMO_USER}",
+                client.recommend(user_id=DEMO_USER, top_k=5, explain=True))
+    print_reply(console, f"{DEMO_USER}, in the context 'space adventure with aliens'",
+                client.recommend(user_id=DEMO_USER, top_k=5, context="space adventure with aliens",
+                                 explain=True))
+    if llm:
+        print_reply(console, f"{DEMO_USER}, re-ranked by the LLM given the recent history",
+                    client.recommend(user_id=DEMO_USER, top_k=5, rerank=True, explain=True))
+    client.delete_user(VISITOR)
+    print_reply(console, f"new visitor {VISITOR!r} (no history)",
+                client.recommend(user_id=VISITOR, top_k=5))
+    from engine.types import Event
+
+    started = time.perf_counter()
+    client.record_events([Event(VISITOR, "ml-1", "like", 0.0, time.time())])
+    reply = client.recommend(user_id=VISITOR, top_k=5, explain=True)
+    took = (time.perf_counter() - started) * 1000
+    print_reply(console, f"{VISITOR} after liking Toy Story (event to new list: {took:.0f} ms)",
+                reply)
+    erased = client.delete_user(VISITOR)
+    console.print(f"DeleteUser({VISITOR!r}): {erased.events_deleted} events, "
+                  f"{erased.seen_deleted} seen items, profile erased: {erased.profile_deleted}, "
+                  f"{erased.cache_entries_deleted} cache entries")

@@ -34,6 +34,8 @@ class Explanation:
     rerank_score: float | None = None
     matched_terms: list[str] = field(default_factory=list)
     reason: str = ""
+    because_of: list[str] = field(default_factory=list)
+    """Recommendations: the history items closest to this result, most influential first."""
 
 
 class Explainer:

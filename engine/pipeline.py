@@ -29,7 +29,9 @@ from engine.encoders import (
 from engine.errors import InvalidInput, ModelUnavailable
 from engine.explain import Explainer
 from engine.fusion import FUSED, VectorFuser, mix_clip
+from engine.profiles import ProfileBook, RecordOutcome
 from engine.query import SparseVector
+from engine.recommend import BEHAVIOUR, Recommender, RecommendRequest
 from engine.search import (
     CLIP,
     LEXICAL,
@@ -39,12 +41,16 @@ from engine.search import (
     SearchPipeline,
     SearchRequest,
 )
-from engine.store import VectorSchema, VectorStore, open_store
+from engine.sequential import SequentialModel
+from engine.store import UserStore, VectorSchema, VectorStore, open_store, open_user_store
 from engine.types import (
     ChannelStatus,
     EngineInfo,
+    Erasure,
+    Event,
     ItemRecord,
     ModelStatus,
+    RecommendResult,
     SearchResult,
     StoredItem,
 )
@@ -71,13 +77,15 @@ class Models:
     lexical: LexicalEncoder | None = None
     reranker: object | None = None
     reranker_status: ModelStatus | None = None
+    sequential: SequentialModel | None = None
+    sequential_status: ModelStatus | None = None
 
 
 class Engine:
     """Encodes items and queries, stores items, and answers searches through the pipeline."""
 
     def __init__(self, config: EngineConfig, models: Models, *, store: VectorStore | None = None,
-                 device: str = "cpu") -> None:
+                 users: UserStore | None = None, device: str = "cpu") -> None:
         self.config = config
         self.device = device
         self.models = models
@@ -89,16 +97,34 @@ class Engine:
         weights = {CLIP: config.channels.clip, TEXT: config.channels.text}
         self.fuser = VectorFuser(dims, {k: weights[k] for k in dims})
         sparse = (LEXICAL,) if models.lexical is not None else ()
-        self.schema = VectorSchema(dense={FUSED: self.fuser.dim, **dims}, sparse=sparse)
+        behaviour = ({BEHAVIOUR: config.sequential.dim + 1} if config.sequential.enabled
+                     else {})
+        self.schema = VectorSchema(dense={FUSED: self.fuser.dim, **dims, **behaviour},
+                                   sparse=sparse)
+        self.sequential = models.sequential
+        if self.sequential is not None and self.sequential.vector_dim != behaviour.get(BEHAVIOUR):
+            raise ModelUnavailable(
+                f"the behaviour model has {self.sequential.vector_dim}-d vectors but the store "
+                f"expects {behaviour.get(BEHAVIOUR)} (sequential.dim + 1); retrain it with "
+                f"mmrec train-seq or set sequential.dim")
+        self._behaviour_vectors = self._item_behaviour()
         self._store = store if store is not None else open_store(config.store, self.schema)
+        self.users = users if users is not None else open_user_store(
+            config.store, {"profile": self.fuser.dim})
         encoder = QueryEncoder(text=models.text, clip=models.clip, lexical=models.lexical,
                                fuser=self.fuser, image_weight=config.clip.image_weight,
                                clip_off_reason=self.clip_status.reason or "CLIP is disabled")
         reasons = _reason_writer(models.reranker)
-        self.pipeline = SearchPipeline(
-            encoder, HybridRetriever(self._store, config.retrieval), models.reranker,  # type: ignore[arg-type]
-            models.reranker_status.reason if models.reranker_status else "re-ranking is off",
-            Explainer(models.lexical, reasons), config.rerank)
+        off = models.reranker_status.reason if models.reranker_status else "re-ranking is off"
+        explainer = Explainer(models.lexical, reasons)
+        retriever = HybridRetriever(self._store, config.retrieval)
+        self.pipeline = SearchPipeline(encoder, retriever, models.reranker, off,  # type: ignore[arg-type]
+                                       explainer, config.rerank)
+        self.profiles = ProfileBook(self.users, self._store, config.profiles,
+                                    content_vector=config.recommend.content_vector)
+        self.recommender = Recommender(self.profiles, retriever, encoder, self.sequential,
+                                       models.reranker, off, explainer, config.recommend,  # type: ignore[arg-type]
+                                       config.rerank)
 
     @property
     def store(self) -> VectorStore:
@@ -109,6 +135,7 @@ class Engine:
     def store(self, store: VectorStore) -> None:
         self._store = store
         self.pipeline.retriever.store = store
+        self.profiles.items = store
 
     @classmethod
     def from_config(cls, config: EngineConfig, *, store: VectorStore | None = None,
@@ -133,8 +160,9 @@ class Engine:
                    if config.retrieval.lexical else None)
         reranker, reranker_status = (_load_reranker(config, device) if load_reranker
                                      else (None, None))
+        sequential, sequential_status = _load_sequential(config, device)
         models = Models(text_encoder, clip_encoder, clip_status, clip_dim, lexical, reranker,
-                        reranker_status)
+                        reranker_status, sequential, sequential_status)
         return cls(config, models, store=store, device=device)
 
     # ------------------------------------------------------------------ items
@@ -169,6 +197,8 @@ class Engine:
             vectors.update({name: rows[i] for name, rows in parts.items() if np.any(rows[i])})
             if lexical is not None and len(lexical[i]):
                 vectors[LEXICAL] = lexical[i]
+            if item.record.id in self._behaviour_vectors:
+                vectors[BEHAVIOUR] = self._behaviour_vectors[item.record.id]
             stored.append(StoredItem(record=item.record, vectors=vectors))
         return stored
 
@@ -211,6 +241,47 @@ class Engine:
         """Remove items; returns how many existed."""
         return self.store.delete(ids, tenant=tenant)
 
+    # ------------------------------------------------------------ behaviour
+    def _item_behaviour(self) -> dict[str, np.ndarray]:
+        """Item id -> behaviour vector of the loaded sequential model (for re-indexed items).
+
+        Keyed by item id across tenants: the model is trained per catalog.
+        """
+        if self.sequential is None:
+            return {}
+        ids, vectors = self.sequential.item_vectors()
+        return dict(zip(ids, vectors, strict=True))
+
+    def record_events(self, events: Sequence[Event]) -> RecordOutcome:
+        """Fold interaction events into their users' profiles (bad events are refused)."""
+        return self.profiles.record(events)
+
+    def recommend(self, request: RecommendRequest) -> RecommendResult:
+        """Items for a user and/or example items (see ``engine.recommend``)."""
+        return self.recommender.recommend(request)
+
+    def delete_user(self, user_id: str, tenant: str) -> Erasure:
+        """Erase everything stored about a user."""
+        return self.profiles.delete(user_id, tenant=tenant)
+
+    def use_sequential(self, model: SequentialModel, tenant: str) -> int:
+        """Serve a newly trained behaviour model: store its item vectors, use it for queries.
+
+        Returns how many stored items received a behaviour vector.
+        """
+        if model.vector_dim != self.schema.dense.get(BEHAVIOUR):
+            raise InvalidInput(
+                f"the model's vectors have {model.vector_dim} values; the store expects "
+                f"{self.schema.dense.get(BEHAVIOUR)} (sequential.dim + 1)")
+        ids, vectors = model.item_vectors()
+        updated = 0
+        for start in range(0, len(ids), 512):
+            chunk = dict(zip(ids[start:start + 512], vectors[start:start + 512], strict=True))
+            updated += self.store.set_vectors(chunk, tenant=tenant, using=BEHAVIOUR)
+        self.sequential = self.recommender.sequential = model
+        self._behaviour_vectors = self._item_behaviour()
+        return updated
+
     # ------------------------------------------------------------------- info
     def info(self) -> EngineInfo:
         """Models, channels and item count, for `mmrec info` and the GetInfo RPC."""
@@ -219,6 +290,8 @@ class Engine:
             models.append(ModelStatus("lexical", self.lexical.name, True))
         if self.models.reranker_status is not None:
             models.append(self.models.reranker_status)
+        if self.models.sequential_status is not None:
+            models.append(self.models.sequential_status)
         enabled = {CLIP: self.clip is not None, TEXT: True}
         channels = [ChannelStatus(FUSED, self.fuser.dim, 0.0, True)] + [
             ChannelStatus(name, dim, float(self.fuser.weights[name]), enabled[name])
@@ -226,11 +299,15 @@ class Engine:
         ]
         if self.lexical is not None:
             channels.append(ChannelStatus(LEXICAL, 0, 0.0, True))
+        if BEHAVIOUR in self.schema.dense:
+            channels.append(ChannelStatus(BEHAVIOUR, self.schema.dense[BEHAVIOUR], 0.0,
+                                          self.sequential is not None))
         return EngineInfo(version=__version__, device=self.device, store=self.store.description,
                           item_count=self.store.count(), models=models, channels=channels)
 
     def close(self) -> None:
-        """Flush and close the store."""
+        """Flush and close the stores."""
+        self.users.close()
         self.store.close()
 
 
@@ -274,6 +351,23 @@ def _load_reranker(config: EngineConfig, device: str) -> tuple[object | None, Mo
         log.warning("LLM re-ranking off: %s", exc)
         return None, ModelStatus("llm", settings.model, False, str(exc))
     return reranker, ModelStatus("llm", reranker.name, True)
+
+
+def _load_sequential(config: EngineConfig, device: str
+                     ) -> tuple[SequentialModel | None, ModelStatus | None]:
+    """The trained behaviour model when one is saved; the engine works without it."""
+    if not config.sequential.enabled:
+        return None, ModelStatus(BEHAVIOUR, "", False, "disabled in the configuration")
+    folder = config.sequential_path()
+    if not folder.exists():
+        return None, ModelStatus(BEHAVIOUR, "", False,
+                                 f"no model trained yet ({folder}); run mmrec train-seq")
+    try:
+        model = SequentialModel.load(folder, device=device)
+    except ModelUnavailable as exc:
+        log.warning("behaviour channel off: %s", exc)
+        return None, ModelStatus(BEHAVIOUR, str(folder), False, str(exc))
+    return model, ModelStatus(BEHAVIOUR, f"SASRec at {folder}", True)
 
 
 def _reason_writer(reranker: object | None) -> Callable[[str, str, float], str | None] | None:

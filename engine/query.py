@@ -2,7 +2,9 @@
 
 The pipeline builds a :class:`HybridQuery`; a store answers it with one Query
 API call (a prefetch per channel, fused by RRF or DBSF, the filter applied inside
-every prefetch). Nothing here knows Qdrant or protobuf types.
+every prefetch). A channel may also be Qdrant's recommend query
+(:class:`RecommendVectors`: positive and negative example vectors on one dense
+vector). Nothing here knows Qdrant or protobuf types.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from engine.types import ItemRecord
 
 Fusion = Literal["rrf", "dbsf"]
+RecommendStrategy = Literal["best_score", "sum_scores"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +79,37 @@ class ItemFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class RecommendVectors:
+    """Qdrant's recommend query on one named dense vector: positive and negative example vectors.
+
+    Recommendation from a user's history: the items liked are positives, the
+    ones disliked negatives. Scores, as Qdrant defines them (cosine similarities
+    ``sim``; checked equal on qdrant-edge and qdrant-client):
+
+    * ``best_score``: with ``p`` the best similarity to a positive and ``n`` the best
+      to a negative, ``s(p)`` if ``p > n`` else ``-s(n)``, where
+      ``s(x) = 0.5 + 0.5 * x / (1 + |x|)``; with no positives every score is ``-s(n)``.
+    * ``sum_scores``: the sum of similarities to the positives minus the sum to the negatives.
+
+    At least one example is needed (positives, negatives or both); negatives alone
+    rank by dissimilarity.
+    """
+
+    positives: Sequence[np.ndarray]
+    negatives: Sequence[np.ndarray] = ()
+    strategy: RecommendStrategy = "best_score"
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelQuery:
-    """One prefetch: a query vector for one named vector and how many candidates it brings."""
+    """One prefetch: a query for one named vector and how many candidates it brings.
+
+    The query is a vector (nearest search: cosine for a dense vector, BM25 for a
+    ``SparseVector``) or a :class:`RecommendVectors` (Qdrant's recommend query on a
+    dense vector)."""
 
     using: str
-    vector: np.ndarray | SparseVector
+    vector: np.ndarray | SparseVector | RecommendVectors
     limit: int
     weight: float = 1.0
     """Weight of this channel in RRF (ignored by DBSF), > 0: Qdrant adds

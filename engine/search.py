@@ -134,7 +134,19 @@ class HybridRetriever:
         return hits, fusion, [c.using for c in channels]
 
 
-def deadline_for(request: SearchRequest, default_budget_ms: int) -> float:
+class Budgeted(Protocol):
+    """A request with an LLM budget and a call deadline (search or recommend)."""
+
+    @property
+    def budget_ms(self) -> int:
+        """Milliseconds the LLM may spend; 0 means the default."""
+
+    @property
+    def deadline(self) -> float | None:
+        """``time.monotonic()`` by which the answer must be ready, if any."""
+
+
+def deadline_for(request: Budgeted, default_budget_ms: int) -> float:
     """When the LLM must stop: the budget from now, never past the call's deadline."""
     budget = (request.budget_ms or default_budget_ms) / 1000
     deadline = time.monotonic() + budget
@@ -200,13 +212,19 @@ class SearchPipeline:
 
     def _wants_rerank(self, request: SearchRequest) -> bool:
         """Asked for (or on by default), possible (a text query), and a model is loaded."""
-        wanted = self.settings.enabled if request.rerank is None else request.rerank
-        if not wanted or not request.text:
-            return False
-        if self.reranker is None:
-            if request.rerank:
-                raise FailedPrecondition(
-                    f"re-ranking was asked for but the LLM is not loaded: "
-                    f"{self.reranker_off_reason}")
-            return False
-        return True
+        return wants_rerank(self.settings, request.rerank, self.reranker,
+                            self.reranker_off_reason, has_query=bool(request.text))
+
+
+def wants_rerank(settings: RerankSettings, asked: bool | None, reranker: Reranker | None,
+                 off_reason: str, *, has_query: bool) -> bool:
+    """Whether to re-rank: asked for (or on by default), possible, and a model is loaded.
+
+    Asking explicitly while no LLM is loaded is FAILED_PRECONDITION with the reason;
+    the configured default silently does nothing without a model or a query.
+    """
+    if asked and reranker is None:
+        raise FailedPrecondition(
+            f"re-ranking was asked for but the LLM is not loaded: {off_reason}")
+    wanted = settings.enabled if asked is None else asked
+    return bool(wanted and has_query and reranker is not None)

@@ -90,6 +90,42 @@ class SearchResult:
 
 
 @dataclass(frozen=True, slots=True)
+class RecommendResult:
+    """Recommended items best first and how they were found."""
+
+    hits: list[SearchHit]
+    channels: list[str]
+    fusion: str
+    strategy: str
+    cold_start: bool
+    reranked: int = 0
+    budget_exhausted: bool = False
+    explanations: list[Explanation] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One interaction: who did what to which item, how much, and when (unix seconds)."""
+
+    user_id: str
+    item_id: str
+    kind: str
+    value: float = 0.0
+    timestamp: float = 0.0
+    tenant: str = DEFAULT_TENANT
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What :meth:`ProfileBook.delete` removed."""
+
+    events: int
+    seen: int
+    profile: bool
+    cache_entries: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelStatus:
     """Whether a model is loaded, under which name, and why not when it is not."""
 

@@ -57,6 +57,23 @@ def movielens_items(folder: Path) -> Iterator[dict[str, Any]]:
             }
 
 
+def movielens_events(folder: Path) -> Iterator[dict[str, Any]]:
+    """The ratings of ``ml-100k.inter`` as interaction-log rows with catalog item ids.
+
+    Item ids match :func:`movielens_items` (``ml-<id>``); users are ``ml-user-<id>``;
+    every rating is a ``rating`` event whose value is the stars (1-5).
+    """
+    path = folder / "ml-100k.inter"
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = [h.split(":")[0] for h in next(reader)]
+        for values in reader:
+            row = dict(zip(header, values, strict=False))
+            yield {"user_id": f"ml-user-{row['user_id']}", "item_id": f"ml-{row['item_id']}",
+                   "kind": "rating", "value": float(row["rating"]),
+                   "timestamp": float(row["timestamp"])}
+
+
 def tuxpaint_items(stamps: Path) -> Iterator[dict[str, Any]]:
     """Catalog rows for the Tux Paint stamps under ``stamps`` (``.../tuxpaint/stamps``)."""
     for caption_file in sorted(stamps.rglob("*.txt")):

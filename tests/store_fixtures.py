@@ -1,5 +1,7 @@
-"""Shared pieces of the VectorStore contract suites (test_store_contract.py and
-test_store_hybrid_contract.py): the backends, the base schema, item builders.
+"""Shared pieces of the VectorStore contract suites (test_store_contract.py,
+test_store_hybrid_contract.py and test_store_recommend_contract.py): the backends,
+the base schema, item builders, and the helpers that make an EdgeStore index
+build span writes.
 
 Vectors are built in a plane (``at(degrees)``) so the cosine order, and the
 scores, are known in advance. Each suite declares its own ``backend`` fixture
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +25,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from engine.store import EdgeStore, ServerStore, VectorSchema, VectorStore
+from engine.store import EdgeStore, ServerStore, VectorSchema, VectorStore, edge_rebuild
 from engine.types import ItemRecord, StoredItem
 
 QDRANT_WARNINGS = [
@@ -116,3 +120,25 @@ def open_backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
     for store in backend.opened:
         store.close()
     cleanup()
+
+
+def slow_child(monkeypatch: pytest.MonkeyPatch, delay: float) -> None:
+    """Make the optimizing child start ``delay`` seconds late, so a build surely spans writes."""
+    real = edge_rebuild.child_command
+    wrapper = (
+        f"import subprocess, sys, time; time.sleep({delay}); "
+        "sys.exit(subprocess.call(sys.argv[1:]))"
+    )
+
+    def command(shard_dir: Path) -> list[str]:
+        return [sys.executable, "-c", wrapper, *real(shard_dir)]
+
+    monkeypatch.setattr(edge_rebuild, "child_command", command)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll until ``condition`` holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.005)

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,6 +37,8 @@ from tests.store_fixtures import (
     ids,
     item,
     open_backend,
+    slow_child,
+    wait_for,
 )
 
 pytestmark = QDRANT_WARNINGS
@@ -282,20 +284,6 @@ def test_another_process_is_refused_the_data_dir(tmp_path: Path) -> None:
 # -- EdgeStore only: the background index build ------------------------------------------------
 
 
-def slow_child(monkeypatch: pytest.MonkeyPatch, delay: float) -> None:
-    """Make the optimizing child start ``delay`` seconds late, so a build surely spans writes."""
-    real = edge_rebuild.child_command
-    wrapper = (
-        f"import subprocess, sys, time; time.sleep({delay}); "
-        "sys.exit(subprocess.call(sys.argv[1:]))"
-    )
-
-    def command(shard_dir: Path) -> list[str]:
-        return [sys.executable, "-c", wrapper, *real(shard_dir)]
-
-    monkeypatch.setattr(edge_rebuild, "child_command", command)
-
-
 def fill(store: EdgeStore, count: int, seed: int = 0) -> None:
     """``count`` items ``p0..`` with random vectors on every channel."""
     rng = np.random.default_rng(seed)
@@ -306,14 +294,6 @@ def fill(store: EdgeStore, count: int, seed: int = 0) -> None:
         )
         for i in range(count)
     ])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll until ``condition`` holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.005)
 
 
 def test_optimize_builds_in_the_background_and_keeps_every_write(

@@ -23,13 +23,16 @@ from engine.images import decode_image
 from engine.pipeline import Engine, ItemInput
 from engine.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.recommend import RecommendRequest
 from engine.search import SearchRequest
 from engine.service.status import mapped_errors
+from engine.types import Event
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 UPSERT_BATCH = 64
+EVENT_BATCH = 256
 MAX_BUDGET_MS = 60_000
 MAX_RERANK_TOP_K = 200
 MAX_CANDIDATES = 10_000
@@ -81,24 +84,12 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 raise InvalidInput(f"`image` is {len(request.image):,} bytes; the limit is "
                                    f"{s.max_image_bytes:,}: send a smaller image")
             image = decode_image(request.image, what="`image`")
-        if request.rerank_budget_ms > MAX_BUDGET_MS:
-            raise InvalidInput(f"rerank_budget_ms {request.rerank_budget_ms} is above "
-                               f"{MAX_BUDGET_MS}; set a deadline-sized budget")
-        if request.rerank_top_k > MAX_RERANK_TOP_K:
-            raise InvalidInput(f"rerank_top_k {request.rerank_top_k} is above {MAX_RERANK_TOP_K}")
+        self._check_rerank(request.rerank_budget_ms, request.rerank_top_k)
         if len(request.filter.exclude_ids) > s.max_ids_per_request:
             raise InvalidInput(f"{len(request.filter.exclude_ids)} exclude_ids; the limit is "
                                f"{s.max_ids_per_request}")
+        self._check_hybrid(request.hybrid)
         hybrid = request.hybrid
-        known = set(self.engine.schema.dense) | set(self.engine.schema.sparse)
-        unknown = sorted(set(hybrid.channel_weights) - known)
-        if unknown:
-            raise InvalidInput(f"unknown channel(s) {unknown} in channel_weights; this engine "
-                               f"has {sorted(known)}")
-        if any(w < 0 for w in hybrid.channel_weights.values()):
-            raise InvalidInput("channel weights must be >= 0 (0 switches a channel off)")
-        if hybrid.candidates > MAX_CANDIDATES:
-            raise InvalidInput(f"candidates {hybrid.candidates} is above {MAX_CANDIDATES}")
         return SearchRequest(
             text=text, image=image, top_k=request.top_k or s.default_top_k,
             tenant=_tenant(request.tenant), filter=convert.item_filter(request.filter),
@@ -108,6 +99,25 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             fusion=convert.FUSIONS[hybrid.fusion], rrf_k=hybrid.rrf_k,
             weights=dict(hybrid.channel_weights), candidates=hybrid.candidates,
             deadline=None if time_remaining is None else time.monotonic() + time_remaining)
+
+    @staticmethod
+    def _check_rerank(budget_ms: int, top_k: int) -> None:
+        if budget_ms > MAX_BUDGET_MS:
+            raise InvalidInput(f"rerank_budget_ms {budget_ms} is above {MAX_BUDGET_MS}; set a "
+                               f"deadline-sized budget")
+        if top_k > MAX_RERANK_TOP_K:
+            raise InvalidInput(f"rerank_top_k {top_k} is above {MAX_RERANK_TOP_K}")
+
+    def _check_hybrid(self, hybrid: pb.HybridParams) -> None:
+        known = set(self.engine.schema.dense) | set(self.engine.schema.sparse)
+        unknown = sorted(set(hybrid.channel_weights) - known)
+        if unknown:
+            raise InvalidInput(f"unknown channel(s) {unknown} in channel_weights; this engine "
+                               f"has {sorted(known)}")
+        if any(w < 0 for w in hybrid.channel_weights.values()):
+            raise InvalidInput("channel weights must be >= 0 (0 switches a channel off)")
+        if hybrid.candidates > MAX_CANDIDATES:
+            raise InvalidInput(f"candidates {hybrid.candidates} is above {MAX_CANDIDATES}")
 
     # ------------------------------------------------------------ UpsertItems
     @mapped_errors
@@ -217,6 +227,146 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if any(not i.strip() for i in ids):
             raise InvalidInput("`ids` contains an empty id")
         return list(dict.fromkeys(ids))
+
+    # ---------------------------------------------------------- RecordEvents
+    @mapped_errors
+    async def RecordEvents(self, request_iterator: AsyncIterator[pb.Event],
+                           context: grpc.aio.ServicerContext) -> pb.RecordEventsResponse:
+        """Fold a stream of events into profiles; report each refused event.
+
+        A reader task queues the stream; each round applies whatever has arrived
+        (up to ``EVENT_BATCH``), so a lone event is applied at once and a fast
+        stream is applied in batches. The bounded queue pushes back on a client
+        that sends faster than profiles are written.
+        """
+        queue: asyncio.Queue[tuple[int, pb.Event] | None] = asyncio.Queue(4 * EVENT_BATCH)
+
+        async def read() -> None:
+            index = -1
+            try:
+                async for message in request_iterator:
+                    index += 1
+                    await queue.put((index, message))
+            finally:  # a broken stream ends the call; what arrived is recorded
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        recorded, users, rejected = 0, set(), []
+        try:
+            finished = False
+            while not finished:
+                messages = [await queue.get()]
+                while not queue.empty() and len(messages) < EVENT_BATCH:
+                    messages.append(queue.get_nowait())
+                finished = messages[-1] is None
+                batch = self._events([m for m in messages if m is not None], rejected)
+                if batch:
+                    outcome = await self._run(context, self.engine.record_events,
+                                              [event for _, event in batch])
+                    recorded += outcome.recorded
+                    refused = dict(outcome.rejected)
+                    for position, (at, event) in enumerate(batch):
+                        if position in refused:
+                            rejected.append(pb.RejectedEvent(
+                                index=at, user_id=event.user_id, item_id=event.item_id,
+                                reason=refused[position]))
+                        else:
+                            users.add((event.tenant, event.user_id))
+        finally:
+            reader.cancel()
+        rejected.sort(key=lambda r: r.index)
+        return pb.RecordEventsResponse(recorded=recorded, rejected=rejected,
+                                       users_updated=len(users))
+
+    @staticmethod
+    def _events(messages: list[tuple[int, pb.Event]], rejected: list[pb.RejectedEvent]
+                ) -> list[tuple[int, Event]]:
+        """Wire events as domain events; those with a bad tenant go to ``rejected``."""
+        batch = []
+        for index, message in messages:
+            try:
+                _tenant(message.tenant)
+                batch.append((index, convert.event_from_message(message)))
+            except MmrecError as exc:
+                rejected.append(pb.RejectedEvent(index=index, user_id=message.user_id,
+                                                 item_id=message.item_id, reason=str(exc)))
+        return batch
+
+    # -------------------------------------------------------------- Recommend
+    @mapped_errors
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+                        ) -> pb.RecommendResponse:
+        """Validate a recommendation request and answer it from the user's history."""
+        query = self._recommend_query(request, context.time_remaining())
+        result = await self._run(context, self.engine.recommend, query)
+        return convert.recommend_response(result)
+
+    def _recommend_query(self, request: pb.RecommendRequest, time_remaining: float | None
+                         ) -> RecommendRequest:
+        s = self.settings
+        user_id = request.user_id.strip()
+        if len(user_id) > MAX_ID_CHARS:
+            raise InvalidInput(f"user_id is {len(user_id)} characters; the limit is "
+                               f"{MAX_ID_CHARS}")
+        positives = self._example_ids(request.positive_ids, "positive_ids")
+        negatives = self._example_ids(request.negative_ids, "negative_ids")
+        context = request.context.strip()
+        if not user_id and not positives and not context:
+            raise InvalidInput("say whom or what to recommend for: set `user_id`, "
+                               "`positive_ids` or `context`")
+        if len(request.context) > s.max_text_chars:
+            raise InvalidInput(f"`context` has {len(request.context)} characters; the limit "
+                               f"is {s.max_text_chars}")
+        if request.top_k > s.max_top_k:
+            raise InvalidInput(f"top_k {request.top_k} is out of range: ask for 1 to "
+                               f"{s.max_top_k} results (0 means {s.default_top_k})")
+        self._check_rerank(request.rerank_budget_ms, request.rerank_top_k)
+        if len(request.filter.exclude_ids) > s.max_ids_per_request:
+            raise InvalidInput(f"{len(request.filter.exclude_ids)} exclude_ids; the limit is "
+                               f"{s.max_ids_per_request}")
+        self._check_hybrid(request.hybrid)
+        if request.HasField("diversity") and not 0.0 <= request.diversity <= 1.0:
+            raise InvalidInput(f"diversity {request.diversity} must be within [0, 1] "
+                               "(1 keeps the relevance order)")
+        if request.strategy not in convert.STRATEGIES:
+            raise InvalidInput(f"unknown strategy {request.strategy}")
+        hybrid = request.hybrid
+        return RecommendRequest(
+            tenant=_tenant(request.tenant), user_id=user_id,
+            top_k=request.top_k or s.default_top_k, positive_ids=positives,
+            negative_ids=negatives, context=context,
+            filter=convert.item_filter(request.filter),
+            include_seen=request.include_seen or None,
+            rerank=request.rerank if request.HasField("rerank") else None,
+            rerank_top_k=request.rerank_top_k, budget_ms=request.rerank_budget_ms,
+            explain=request.explain, strategy=convert.STRATEGIES[request.strategy],
+            fusion=convert.FUSIONS[hybrid.fusion], rrf_k=hybrid.rrf_k,
+            weights=dict(hybrid.channel_weights), candidates=hybrid.candidates,
+            diversity=request.diversity if request.HasField("diversity") else None,
+            deadline=None if time_remaining is None else time.monotonic() + time_remaining)
+
+    def _example_ids(self, ids: list[str], field: str) -> tuple[str, ...]:
+        if len(ids) > self.settings.max_ids_per_request:
+            raise InvalidInput(f"{len(ids)} {field}; the limit is "
+                               f"{self.settings.max_ids_per_request}")
+        if any(not i.strip() or len(i) > MAX_ID_CHARS for i in ids):
+            raise InvalidInput(f"`{field}` contains an empty or over-long id")
+        return tuple(dict.fromkeys(i.strip() for i in ids))
+
+    # ------------------------------------------------------------- DeleteUser
+    @mapped_errors
+    async def DeleteUser(self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.DeleteUserResponse:
+        """Erase a user; idempotent (a second call removes nothing and says so)."""
+        user_id = request.user_id.strip()
+        if not user_id:
+            raise InvalidInput("`user_id` is empty: name the user to erase")
+        if len(user_id) > MAX_ID_CHARS:
+            raise InvalidInput(f"user_id is {len(user_id)} characters; the limit is "
+                               f"{MAX_ID_CHARS}")
+        erasure = await self._run(context, self.engine.delete_user, user_id,
+                                  _tenant(request.tenant))
+        return convert.erasure_response(erasure)
 
     # ---------------------------------------------------------------- GetInfo
     @mapped_errors

@@ -1,21 +1,45 @@
-"""Where items and their vectors live: the ``VectorStore`` interface and its two backends.
+"""Where items, users and their vectors live: the store interfaces and their two backends.
 
 ``EdgeStore`` (default) embeds a qdrant-edge shard in the engine process;
 ``ServerStore`` talks to a Qdrant server or cluster. Both answer
 ``hybrid_search(engine.query.HybridQuery)`` with one Query API request (a prefetch
-per channel, RRF or DBSF, payload filters) and hold dense and sparse (BM25, IDF)
-vectors. Qdrant types stop here: callers see only ``engine.types`` /
-``engine.query`` objects and ``engine.errors`` exceptions.
+per channel, nearest or recommend, RRF or DBSF, payload filters), hold dense and
+sparse (BM25, IDF) vectors, and keep each item's popularity. Users live beside
+the items: ``EdgeUserStore`` (a shard in ``DATA_DIR/users``) or ``ServerUserStore``
+(a collection named after the items'). Qdrant types stop here: callers see only
+``engine.types`` / ``engine.query`` objects, :class:`UserRecord` and
+``engine.errors`` exceptions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from engine.config import StoreSettings
 from engine.store.base import VectorSchema, VectorStore
 from engine.store.edge import EdgeStore
+from engine.store.edge_users import EdgeUserStore
 from engine.store.server import ServerStore
+from engine.store.server_users import ServerUserStore
+from engine.store.users import UserRecord, UserStore
 
-__all__ = ["EdgeStore", "ServerStore", "VectorSchema", "VectorStore", "open_store"]
+__all__ = [
+    "USERS_DIR",
+    "EdgeStore",
+    "EdgeUserStore",
+    "ServerStore",
+    "ServerUserStore",
+    "UserRecord",
+    "UserStore",
+    "VectorSchema",
+    "VectorStore",
+    "open_store",
+    "open_user_store",
+    "users_collection",
+]
+
+USERS_DIR = "users"
+"""The folder of the data dir that holds the users shard (the items' EdgeStore leaves it be)."""
 
 
 def open_store(settings: StoreSettings, schema: VectorSchema) -> VectorStore:
@@ -28,4 +52,19 @@ def open_store(settings: StoreSettings, schema: VectorSchema) -> VectorStore:
         collection=settings.collection,
         api_key=settings.api_key,
         hnsw_ef=settings.hnsw_ef,
+    )
+
+
+def users_collection(items_collection: str) -> str:
+    """The server collection of the users beside an items collection."""
+    return f"{items_collection}_users"
+
+
+def open_user_store(settings: StoreSettings, dims: Mapping[str, int]) -> UserStore:
+    """The users store beside the items store the settings name (see :func:`open_store`)."""
+    if settings.url is None:
+        return EdgeUserStore(settings.data_dir / USERS_DIR, dims)
+    return ServerUserStore(
+        settings.url, dims, collection=users_collection(settings.collection),
+        api_key=settings.api_key,
     )

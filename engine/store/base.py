@@ -5,45 +5,57 @@ Both backends (the embedded :class:`~engine.store.edge.EdgeStore` and the
 validate vectors and to write and read payloads, so the two cannot drift apart:
 the contract test suite holds them to the same answers for the same calls. The
 schema and vector validation live in ``engine.store.schema`` (re-exported here),
-hybrid query planning in ``engine.store.hybrid``. Nothing here knows about Qdrant
-types.
+hybrid query planning in ``engine.store.hybrid``. An item's ``popularity`` lives in
+the payload beside the record's fields and is handled only by the functions here
+next to ``record_to_payload``. Nothing here knows about Qdrant types.
 """
 
 from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 import numpy as np
 
 from engine.errors import InvalidInput
-from engine.query import ChannelQuery, FusedHit, HybridQuery, SparseVector
+from engine.query import ChannelQuery, FusedHit, HybridQuery, ItemFilter, SparseVector
 from engine.store.schema import (
     SparseValues,
     VectorSchema,
     VectorValues,
     any_vector_values,
+    check_dense_name,
     check_limit,
     vector_values,
 )
 from engine.types import ItemRecord, SearchHit, StoredItem
 
 __all__ = [
+    "FLOAT_INDEXED_FIELDS",
     "KEYWORD_INDEXED_FIELDS",
     "PAYLOAD_KEYS",
+    "POPULARITY",
     "PreparedPoint",
     "SparseValues",
     "VectorSchema",
     "VectorStore",
     "VectorValues",
+    "carry_popularity",
+    "check_dense_name",
     "check_limit",
     "payload_to_record",
+    "popular_hits",
+    "popularity_increments",
     "prepare_item",
     "prepare_items",
+    "prepare_vectors",
     "record_to_payload",
+    "stored_popularity",
+    "stored_vector",
     "unique_in_order",
     "vector_values",
 ]
@@ -53,6 +65,15 @@ PAYLOAD_KEYS: tuple[str, ...] = ("item_id", "tenant", "title", "text", "image_ur
 
 KEYWORD_INDEXED_FIELDS: tuple[str, ...] = ("tenant", "item_id")
 """Payload fields with a keyword index (tenant filtering, lookups by item id)."""
+
+POPULARITY = "popularity"
+"""Payload key of an item's popularity: a float that ``add_popularity`` adds to, missing
+meaning 0. It is not part of the record (``payload_to_record`` never reads it), and
+``upsert`` carries it over when an item is replaced, so re-indexing keeps it."""
+
+FLOAT_INDEXED_FIELDS: tuple[str, ...] = (POPULARITY,)
+"""Payload fields with a float (range) index: ``popular()`` orders by it (Qdrant's
+``order_by`` needs a range index on the key)."""
 
 
 class PreparedPoint(NamedTuple):
@@ -122,6 +143,110 @@ def prepare_items(schema: VectorSchema, items: Sequence[StoredItem]) -> list[Pre
     return [prepare_item(schema, item) for item in items]
 
 
+def stored_popularity(payload: Mapping[str, Any] | None) -> float | None:
+    """The popularity a stored payload holds; ``None`` when it has none (or not a number)."""
+    value = (payload or {}).get(POPULARITY)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def carry_popularity(
+    points: Sequence[PreparedPoint], stored: Mapping[str, Mapping[str, Any] | None]
+) -> list[PreparedPoint]:
+    """The points to upsert, each with the popularity its stored version has.
+
+    ``stored`` maps a point id to the payload of the point stored now (read in the
+    same write-locked step as the upsert): replacing an item keeps its popularity.
+    """
+    for point in points:
+        popularity = stored_popularity(stored.get(point.point_id))
+        if popularity is not None:
+            point.payload[POPULARITY] = popularity
+    return list(points)
+
+
+def popularity_increments(increments: Mapping[str, float]) -> dict[str, float]:
+    """Validated increments (item id -> finite number), checked before anything is written."""
+    checked: dict[str, float] = {}
+    for item_id, increment in increments.items():
+        if not item_id:
+            raise InvalidInput("an item id must not be empty")
+        if isinstance(increment, bool) or not isinstance(increment, int | float | np.number) or (
+            not math.isfinite(increment)
+        ):
+            raise InvalidInput(
+                f"the popularity increment of item {item_id!r} must be a finite number, "
+                f"got {increment!r}"
+            )
+        checked[str(item_id)] = float(increment)
+    return checked
+
+
+def prepare_vectors(
+    schema: VectorSchema, vectors: Mapping[str, Any], using: str
+) -> dict[str, list[float]]:
+    """Validated replacement vectors (item id -> values on the dense vector ``using``).
+
+    Every vector is checked before anything is written, so one bad vector writes nothing.
+    """
+    check_dense_name(schema, using)
+    prepared: dict[str, list[float]] = {}
+    for item_id, vector in vectors.items():
+        if not item_id:
+            raise InvalidInput("an item id must not be empty")
+        prepared[str(item_id)] = vector_values(schema, using, vector)
+    return prepared
+
+
+def stored_vector(vectors: object, using: str) -> np.ndarray | None:
+    """The dense vector ``using`` of a stored point's vectors as float32, if it has one."""
+    if not isinstance(vectors, Mapping):
+        return None
+    values = vectors.get(using)
+    if values is None:
+        return None
+    return np.asarray(values, dtype=np.float32)
+
+
+TiedPoints = Callable[[float, int], Sequence[tuple[str, Mapping[str, Any] | None]]]
+"""``tied(value, count)``: the first ``count`` points, in point id order, of the filtered
+items whose popularity equals ``value`` (id and payload of each)."""
+
+
+def popular_hits(
+    ranked: Sequence[tuple[str, Mapping[str, Any] | None]], limit: int, tied: TiedPoints
+) -> list[SearchHit]:
+    """The ``limit`` most popular items, score = popularity, equal values in point id order.
+
+    ``ranked`` is the backend's scroll ordered by popularity, descending, at most
+    ``limit`` points (id, payload). Qdrant does not define the order of equal values
+    there, so when the page is full the ties at its last value are asked again with
+    ``tied``, which gives them in point id order (a scroll's order, the same on every
+    backend): the answer is exact and deterministic, and reads only the ties it keeps.
+    Point ids are hashes of tenant and item id, so that order is stable but arbitrary.
+    """
+    rows = _popular_rows(ranked)
+    if len(ranked) >= limit and rows:
+        boundary = min(value for value, _, _ in rows)
+        rows = [row for row in rows if row[0] > boundary]
+        rows += _popular_rows(tied(boundary, limit - len(rows)))
+    rows.sort(key=lambda row: (-row[0], row[1]))
+    return [SearchHit(payload_to_record(payload), value) for value, _, payload in rows[:limit]]
+
+
+def _popular_rows(
+    points: Sequence[tuple[str, Mapping[str, Any] | None]],
+) -> list[tuple[float, str, Mapping[str, Any]]]:
+    """(popularity, point id, payload) of the points that are items with a popularity."""
+    rows = []
+    for point, payload in points:
+        value = stored_popularity(payload)
+        if value is not None and payload and "item_id" in payload and "tenant" in payload:
+            rows.append((value, str(point), payload))
+    return rows
+
+
 def unique_in_order(ids: Sequence[str]) -> list[str]:
     """The ids without repeats, first occurrence first (``get`` returns each item once)."""
     return list(dict.fromkeys(str(item_id) for item_id in ids))
@@ -176,6 +301,42 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def count(self, tenant: str | None = None) -> int:
         """How many points the store holds, in all or for one tenant."""
+
+    @abc.abstractmethod
+    def vectors(self, ids: Sequence[str], *, tenant: str, using: str) -> dict[str, np.ndarray]:
+        """The stored dense vectors (float32) of items on the named vector ``using``.
+
+        Item id -> vector; unknown ids and items without that vector are left out.
+        Vectors come back as Qdrant keeps them: cosine vectors normalised to length 1
+        (which changes no cosine). ``InvalidInput`` for an unknown or sparse name.
+        For recommendation: a user's items become the examples of a recommend query.
+        """
+
+    @abc.abstractmethod
+    def set_vectors(self, vectors: Mapping[str, np.ndarray], *, tenant: str, using: str) -> int:
+        """Replace one named dense vector of existing items, keeping their other vectors
+        and payload (e.g. behaviour vectors from a trained sequential model).
+
+        ``vectors`` maps item id -> vector. Items that do not exist are skipped, not
+        created; returns how many were updated. ``InvalidInput`` (nothing written)
+        for an unknown or sparse name or a bad vector.
+        """
+
+    @abc.abstractmethod
+    def add_popularity(self, increments: Mapping[str, float], *, tenant: str) -> int:
+        """Add to the popularity of existing items (item id -> increment; missing counts 0).
+
+        A read-modify-write under the store's write lock; unknown items are skipped.
+        Returns how many items were updated. ``InvalidInput`` for a non-finite increment.
+        """
+
+    @abc.abstractmethod
+    def popular(self, *, tenant: str, filter: ItemFilter, limit: int) -> list[SearchHit]:
+        """The most popular items of ``tenant`` passing ``filter``, score = popularity.
+
+        Highest first; equal popularity in point id order (stable, the same on every
+        backend); items that never had popularity added are not returned.
+        """
 
     @abc.abstractmethod
     def optimize(self, *, wait: bool = False) -> None:

@@ -5,7 +5,10 @@ current one (see ``edge_rebuild``). ``optimize()`` never blocks serving: it
 optimizes a copy of the shard in a child process, logs every write made
 meanwhile, replays them into the optimized copy and switches the manifest to it
 atomically. Until the switch the manifest names the old shard, so a crash
-mid-build loses nothing and the next open removes the unfinished copy.
+mid-build loses nothing and the next open removes the unfinished copy. Every
+kind of write (upserts, deletes, vector updates, popularity) goes through
+``_apply``, which logs it for a running build. Opening and creating the shard
+is in ``edge_shard``.
 """
 
 from __future__ import annotations
@@ -14,71 +17,65 @@ import contextlib
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from importlib import metadata
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from qdrant_edge import (
     CountRequest,
-    Distance,
-    EdgeConfig,
-    EdgeOptimizersConfig,
+    Direction,
     EdgeShard,
-    EdgeSparseVectorParams,
-    EdgeVectorParams,
-    KeywordIndexParams,
-    Modifier,
+    OrderBy,
     Point,
+    PointVectors,
     QueryBatchRequest,
+    ScrollRequest,
     UpdateOperation,
 )
 
-from engine.errors import FailedPrecondition, MmrecError, SchemaMismatch, Unavailable
-from engine.query import FusedHit, HybridQuery
+from engine.errors import FailedPrecondition
+from engine.query import FusedHit, HybridQuery, ItemFilter, Range
 from engine.store.base import (
-    KEYWORD_INDEXED_FIELDS,
+    POPULARITY,
     VectorSchema,
     VectorStore,
+    carry_popularity,
+    check_dense_name,
+    check_limit,
     payload_to_record,
+    popular_hits,
+    popularity_increments,
     prepare_items,
+    prepare_vectors,
+    stored_popularity,
+    stored_vector,
     unique_in_order,
 )
 from engine.store.edge_query import edge_vector, hybrid_requests
 from engine.store.edge_rebuild import BuildCancelled, DataDir, DataDirInUse, IndexBuilds
-from engine.store.filters import edge_tenant_filter
+from engine.store.edge_shard import (
+    backend_errors,
+    edge_version,
+    in_use,
+    open_item_shard,
+    write_manifest,
+)
+from engine.store.filters import edge_filter, edge_tenant_filter, plan_filter, with_condition
 from engine.store.hybrid import fused_hits, plan_hybrid
-from engine.types import ItemRecord, StoredItem, point_id
+from engine.types import ItemRecord, SearchHit, StoredItem, point_id
 
 logger = logging.getLogger(__name__)
 
-_MANIFEST_FORMAT = 1
+
+def _payloads(shard: EdgeShard, point_ids: list[str], keys: list[str]) -> dict[str, dict]:
+    """Point id -> the asked payload keys of the points that exist (absent keys left out)."""
+    records = shard.retrieve(point_ids, with_payload=keys, with_vector=False)
+    return {str(record.id): dict(record.payload or {}) for record in records}
 
 
-def _edge_version() -> str:
-    """The installed qdrant-edge-py version, for descriptions and the manifest."""
-    try:
-        return metadata.version("qdrant-edge-py")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _in_use(root: Path, holder: str = "") -> FailedPrecondition:
-    """The error for a data dir another process (or store object) holds."""
-    return FailedPrecondition(
-        f"data dir {root} is in use by another mmrec process (a running service or index "
-        f"job{f', pid {holder}' if holder else ''}); stop it or use another --data-dir"
-    )
-
-
-@contextlib.contextmanager
-def _backend_errors(action: str) -> Iterator[None]:
-    """Turn qdrant-edge's bare exceptions into ``Unavailable``; ours pass through."""
-    try:
-        yield
-    except MmrecError:
-        raise
-    except Exception as exc:
-        raise Unavailable(f"embedded store failed to {action}: {exc}") from exc
+def _existing(shard: EdgeShard, point_ids: list[str]) -> list[str]:
+    """The point ids among ``point_ids`` that the shard holds."""
+    return [str(r.id) for r in shard.retrieve(point_ids, with_payload=False, with_vector=False)]
 
 
 class _ShardRef:
@@ -118,83 +115,15 @@ class EdgeStore(VectorStore):
         try:
             self._dir = DataDir(self._root)
         except DataDirInUse as exc:
-            raise _in_use(self._root, exc.holder) from None
+            raise in_use(self._root, exc.holder) from None
         try:
-            self._ref = self._open(indexing_threshold_kb)
+            self._ref = _ShardRef(*open_item_shard(self._dir, schema, indexing_threshold_kb))
             self._dir.remove_stale(keep=self._ref.path)
         except BaseException:
             self._dir.release()
             raise
         self._builds = IndexBuilds(self._dir, self._write_lock, self._serving, self._install)
         logger.info("opened %s", self.description)
-
-    # -- opening -----------------------------------------------------------------------------
-
-    def _open(self, indexing_threshold_kb: int | None) -> _ShardRef:
-        """Load the shard the manifest names (checking the schema) or create the first one."""
-        try:
-            manifest = self._dir.read_manifest()
-            stored = None if manifest is None else VectorSchema.from_json(manifest["schema"])
-        except (OSError, ValueError, KeyError, TypeError, MmrecError) as exc:
-            raise FailedPrecondition(
-                f"the manifest of data dir {self._root} is unreadable ({exc}); "
-                f"re-index into a fresh --data-dir"
-            ) from exc
-        if manifest is None or stored is None:
-            return self._create(indexing_threshold_kb)
-        differences = stored.differences(self.schema)
-        if differences:
-            raise SchemaMismatch(
-                f"data dir {self._root} was indexed with other vectors than configured: "
-                f"{'; '.join(differences)}. Re-index the catalog into it from scratch "
-                f"(remove the data dir first) or choose another --data-dir"
-            )
-        version_dir = self._root / str(manifest.get("current"))
-        if not version_dir.is_dir():
-            raise FailedPrecondition(
-                f"data dir {self._root} names shard {version_dir.name}, which is missing; "
-                f"re-index into a fresh --data-dir"
-            )
-        try:
-            shard = EdgeShard.load(str(version_dir))
-        except Exception as exc:
-            if "WouldBlock" in str(exc):
-                raise _in_use(self._root) from exc
-            raise FailedPrecondition(f"cannot load shard {version_dir}: {exc}") from exc
-        return _ShardRef(shard, version_dir)
-
-    def _write_manifest(self, current: Path) -> None:
-        """Make ``current`` the shard version the data dir opens with (atomic)."""
-        self._dir.write_manifest({
-            "format": _MANIFEST_FORMAT,
-            "schema": self.schema.to_json(),
-            "current": current.name,
-            "written_by": f"qdrant-edge-py {_edge_version()}",
-        })
-
-    def _create(self, indexing_threshold_kb: int | None) -> _ShardRef:
-        """Create version 1 (cosine dense vectors, IDF sparse vectors, keyword indexes)."""
-        version_dir = self._dir.first_version()
-        optimizers = None
-        if indexing_threshold_kb is not None:
-            optimizers = EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb)
-        config = EdgeConfig(
-            vectors={
-                name: EdgeVectorParams(size=size, distance=Distance.Cosine)
-                for name, size in self.schema.dense.items()
-            },
-            sparse_vectors={
-                name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in self.schema.sparse
-            },
-            optimizers=optimizers,
-        )
-        shard = EdgeShard.create(str(version_dir), config)
-        for field in KEYWORD_INDEXED_FIELDS:
-            params = KeywordIndexParams(is_tenant=field == "tenant")
-            shard.update(UpdateOperation.create_field_index(field, params))
-        shard.flush()
-        self._write_manifest(version_dir)
-        return _ShardRef(shard, version_dir)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -220,7 +149,7 @@ class EdgeStore(VectorStore):
         if plan is None:
             return []
         batch = QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef))
-        with self._reading() as shard, _backend_errors("search"):
+        with self._reading() as shard, backend_errors("search"):
             results = shard.query_batch(batch)
         points = [(str(p.id), p.payload, p.score) for p in results[0]]
         rankings = [[(str(p.id), p.score) for p in ranking] for ranking in results[1:]]
@@ -231,7 +160,7 @@ class EdgeStore(VectorStore):
         wanted = unique_in_order(ids)
         if not wanted:
             return []
-        with self._reading() as shard, _backend_errors("retrieve points"):
+        with self._reading() as shard, backend_errors("retrieve points"):
             records = shard.retrieve(
                 [point_id(tenant, item_id) for item_id in wanted],
                 with_payload=True, with_vector=False,
@@ -243,11 +172,40 @@ class EdgeStore(VectorStore):
                 found[record.id] = record
         return [found[item_id] for item_id in wanted if item_id in found]
 
+    def vectors(self, ids: Sequence[str], *, tenant: str, using: str) -> dict[str, np.ndarray]:
+        """Stored vectors of items on ``using``, normalised (see ``VectorStore``)."""
+        check_dense_name(self.schema, using)
+        by_point = {point_id(tenant, item_id): item_id for item_id in unique_in_order(ids)}
+        if not by_point:
+            return {}
+        with self._reading() as shard, backend_errors("retrieve vectors"):
+            records = shard.retrieve(list(by_point), with_payload=False, with_vector=[using])
+        found = {by_point[str(r.id)]: stored_vector(r.vector, using) for r in records}
+        return {i: vector for i in by_point.values() if (vector := found.get(i)) is not None}
+
+    def popular(self, *, tenant: str, filter: ItemFilter, limit: int) -> list[SearchHit]:
+        """The most popular items by an ordered scroll on the popularity index."""
+        limit = check_limit(limit)
+        plan = plan_filter(tenant, filter)
+        ordered = ScrollRequest(
+            limit=limit, filter=edge_filter(plan), with_payload=True,
+            order_by=OrderBy(POPULARITY, Direction.Desc),
+        )
+        with self._reading() as shard, backend_errors("list popular items"):
+
+            def tied(value: float, count: int) -> list[tuple[str, dict | None]]:
+                equal = with_condition(plan, Range(POPULARITY, gte=value, lte=value))
+                request = ScrollRequest(limit=count, filter=edge_filter(equal), with_payload=True)
+                return [(str(r.id), r.payload) for r in shard.scroll(request)[0]]
+
+            ranked = [(str(r.id), r.payload) for r in shard.scroll(ordered)[0]]
+            return popular_hits(ranked, limit, tied)
+
     def count(self, tenant: str | None = None) -> int:
         """All points, or one tenant's."""
         condition = None if tenant is None else edge_tenant_filter(tenant)
         request = CountRequest(exact=True, filter=condition)
-        with self._reading() as shard, _backend_errors("count"):
+        with self._reading() as shard, backend_errors("count"):
             return int(shard.count(request))
 
     # -- writing -----------------------------------------------------------------------------
@@ -258,7 +216,7 @@ class EdgeStore(VectorStore):
         with self._write_lock:
             if self._closed:
                 raise FailedPrecondition(f"the store at {self._root} is closed")
-            with _backend_errors(action):
+            with backend_errors(action):
                 yield self._ref.shard
 
     def _apply(self, shard: EdgeShard, operation: UpdateOperation) -> None:
@@ -267,18 +225,47 @@ class EdgeStore(VectorStore):
         self._builds.record(operation)
 
     def upsert(self, items: Sequence[StoredItem]) -> None:
-        """Insert or replace items; a bad item rejects the whole batch before any write."""
-        points = [
-            Point(
-                prepared.point_id,
-                {name: edge_vector(values) for name, values in prepared.vectors.items()},
-                prepared.payload,
-            )
-            for prepared in prepare_items(self.schema, items)
-        ]
-        if points:
-            with self._writing("upsert") as shard:
-                self._apply(shard, UpdateOperation.upsert_points(points))
+        """Insert or replace items; a bad item rejects the whole batch before any write.
+
+        A replaced item keeps its popularity (read in the same locked step).
+        """
+        prepared = prepare_items(self.schema, items)
+        if not prepared:
+            return
+        with self._writing("upsert") as shard:
+            stored = _payloads(shard, [p.point_id for p in prepared], [POPULARITY])
+            points = [
+                Point(p.point_id, {n: edge_vector(v) for n, v in p.vectors.items()}, p.payload)
+                for p in carry_popularity(prepared, stored)
+            ]
+            self._apply(shard, UpdateOperation.upsert_points(points))
+
+    def set_vectors(self, vectors: Mapping[str, np.ndarray], *, tenant: str, using: str) -> int:
+        """Replace the vector ``using`` of existing items (see ``VectorStore``)."""
+        prepared = prepare_vectors(self.schema, vectors, using)
+        by_point = {point_id(tenant, item_id): values for item_id, values in prepared.items()}
+        if not by_point:
+            return 0
+        with self._writing("update vectors") as shard:
+            present = _existing(shard, list(by_point))
+            if present:
+                self._apply(shard, UpdateOperation.update_vectors(
+                    [PointVectors(point, {using: by_point[point]}) for point in present]
+                ))
+        return len(present)
+
+    def add_popularity(self, increments: Mapping[str, float], *, tenant: str) -> int:
+        """Add to the popularity of existing items, under the write lock (see ``VectorStore``)."""
+        checked = popularity_increments(increments)
+        by_point = {point_id(tenant, item_id): value for item_id, value in checked.items()}
+        if not by_point:
+            return 0
+        with self._writing("add popularity") as shard:
+            stored = _payloads(shard, list(by_point), [POPULARITY])
+            for point, payload in stored.items():
+                total = (stored_popularity(payload) or 0.0) + by_point[point]
+                self._apply(shard, UpdateOperation.set_payload([point], {POPULARITY: total}))
+        return len(stored)
 
     def delete(self, ids: Sequence[str], *, tenant: str) -> int:
         """Delete items of ``tenant``; returns how many existed."""
@@ -286,8 +273,7 @@ class EdgeStore(VectorStore):
         if not point_ids:
             return 0
         with self._writing("delete") as shard:
-            existing = shard.retrieve(point_ids, with_payload=False, with_vector=False)
-            present = [str(stored.id) for stored in existing]
+            present = _existing(shard, point_ids)
             if present:
                 self._apply(shard, UpdateOperation.delete_points(present))
         return len(present)
@@ -328,7 +314,7 @@ class EdgeStore(VectorStore):
         Returns the retirement of the replaced shard, which the build runs once the
         write lock is released.
         """
-        self._write_manifest(path)
+        write_manifest(self._dir, self.schema, path)
         with self._readers:
             old, self._ref = self._ref, _ShardRef(shard, path)
         return lambda: self._retire(old, remove=True)
@@ -369,11 +355,11 @@ class EdgeStore(VectorStore):
     @property
     def description(self) -> str:
         """One line for ``mmrec info``."""
-        return f"qdrant-edge {_edge_version()} shard at {self._ref.path}"
+        return f"qdrant-edge {edge_version()} shard at {self._ref.path}"
 
     def info(self) -> dict[str, int]:
         """Points, segments and HNSW-indexed vectors of the current shard (for ``mmrec info``)."""
-        with self._reading() as shard, _backend_errors("read shard info"):
+        with self._reading() as shard, backend_errors("read shard info"):
             shard_info = shard.info()
         return {
             "points": int(shard_info.points_count),

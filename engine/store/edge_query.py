@@ -13,12 +13,13 @@ from qdrant_edge import (
     Prefetch,
     Query,
     QueryRequest,
+    RecommendQuery,
     SearchParams,
     SparseVector,
 )
 
 from engine.store.filters import edge_filter, edge_tenant_filter
-from engine.store.hybrid import ChannelPlan, HybridPlan
+from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
 from engine.store.schema import SparseValues, VectorValues
 
 
@@ -37,12 +38,21 @@ def _params(plan: HybridPlan, channel: ChannelPlan, hnsw_ef: int) -> SearchParam
     return SearchParams(hnsw_ef=hnsw_ef, idf=IdfParams(corpus=corpus))
 
 
+def _query(channel: ChannelPlan) -> Query:
+    """A channel's query: nearest to its vector, or recommend from its examples."""
+    if isinstance(channel.vector, RecommendValues):
+        examples = RecommendQuery(
+            positives=channel.vector.positives, negatives=channel.vector.negatives
+        )
+        if channel.vector.strategy == "sum_scores":
+            return Query.RecommendSumScores(examples, using=channel.using)
+        return Query.RecommendBestScore(examples, using=channel.using)
+    return Query.Nearest(edge_vector(channel.vector), using=channel.using)
+
+
 def _nearest(plan: HybridPlan, hnsw_ef: int) -> list[tuple[Query, int, SearchParams]]:
-    """Each channel's nearest query, candidate limit and search params."""
-    return [
-        (Query.Nearest(edge_vector(c.vector), using=c.using), c.limit, _params(plan, c, hnsw_ef))
-        for c in plan.channels
-    ]
+    """Each channel's query (nearest or recommend), candidate limit and search params."""
+    return [(_query(c), c.limit, _params(plan, c, hnsw_ef)) for c in plan.channels]
 
 
 def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[QueryRequest]:

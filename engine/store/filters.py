@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from qdrant_client import models
@@ -107,6 +107,12 @@ def plan_filter(tenant: str, item_filter: q.ItemFilter | None) -> FilterPlan:
         must_not=tuple(_condition(c) for c in item_filter.must_not),
         excluded_points=excluded,
     )
+
+
+def with_condition(plan: FilterPlan, condition: q.Condition) -> FilterPlan:
+    """``plan`` with one more ``must`` condition, whose key is a payload path as it is
+    (the store's own fields, such as ``popularity``; not an attribute key)."""
+    return replace(plan, must=(*plan.must, condition))
 
 
 # -- qdrant-edge ------------------------------------------------------------------------------

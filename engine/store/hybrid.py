@@ -1,9 +1,11 @@
 """Hybrid search, backend-neutral: validating a ``HybridQuery`` and assembling its hits.
 
 Each backend turns a :class:`HybridPlan` into ONE Qdrant request: a prefetch per
-channel (its vector, its limit, the filter) fused by RRF or DBSF, with the same
-filter on the outer query; with ``with_channel_hits`` the request goes in one
-batch together with each channel's own nearest query (same filter and limit), so
+channel (its query, its limit, the filter) fused by RRF or DBSF, with the same
+filter on the outer query. A channel's query is a nearest search on its vector,
+or Qdrant's recommend query for an ``engine.query.RecommendVectors`` (the channel
+score is then the recommend score). With ``with_channel_hits`` the request goes in
+one batch together with each channel's own query (same filter and limit), so
 the per-channel ranks reported are the ranks the fusion used. A plan with one
 channel skips fusion: its hits carry that channel's own scores.
 
@@ -29,18 +31,38 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from engine.errors import InvalidInput
-from engine.query import ChannelHit, FusedHit, HybridQuery
+from engine.query import ChannelHit, ChannelQuery, FusedHit, HybridQuery, RecommendVectors
 from engine.store.base import payload_to_record
 from engine.store.filters import FilterPlan, plan_filter
-from engine.store.schema import VectorSchema, VectorValues, any_vector_values, check_limit
+from engine.store.schema import (
+    VectorSchema,
+    VectorValues,
+    any_vector_values,
+    check_dense_name,
+    check_limit,
+    vector_values,
+)
+
+RECOMMEND_STRATEGIES = ("best_score", "sum_scores")
+
+
+class RecommendValues(NamedTuple):
+    """A validated recommend query: dense example vectors and the strategy's name."""
+
+    positives: list[list[float]]
+    negatives: list[list[float]]
+    strategy: str
 
 
 class ChannelPlan(NamedTuple):
-    """One validated channel: vector name, vector, candidate limit, RRF weight, sparse or not."""
+    """One validated channel: vector name, query (vector or recommend), candidate limit,
+    RRF weight, sparse or not."""
 
     using: str
-    vector: VectorValues
+    vector: VectorValues | RecommendValues
     limit: int
     weight: float
     sparse: bool
@@ -98,7 +120,7 @@ def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
         ):
             raise InvalidInput(f"channel {channel.using!r} weight must be > 0, got {weight!r}")
         channel_limit = check_limit(channel.limit, f"channel {channel.using!r} limit")
-        vector = any_vector_values(schema, channel.using, channel.vector)
+        vector = _channel_vector(schema, channel)
         if vector is not None:
             sparse = channel.using in schema.sparse
             channels.append(ChannelPlan(channel.using, vector, channel_limit, weight, sparse))
@@ -107,6 +129,52 @@ def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
     return HybridPlan(
         tuple(channels), limit, query.fusion, query.rrf_k, item_filter, query.with_channel_hits
     )
+
+
+def _examples(
+    schema: VectorSchema, using: str, kind: str, vectors: Sequence[np.ndarray]
+) -> list[list[float]]:
+    """The validated positive or negative examples of a recommend channel."""
+    if isinstance(vectors, str | bytes) or (isinstance(vectors, np.ndarray) and vectors.ndim < 2):
+        raise InvalidInput(f"recommend {kind} on {using!r} must be a sequence of vectors")
+    try:
+        examples = list(vectors)
+    except TypeError:
+        raise InvalidInput(f"recommend {kind} on {using!r} must be a sequence of vectors") from None
+    return [vector_values(schema, using, example) for example in examples]
+
+
+def _recommend_values(
+    schema: VectorSchema, using: str, query: RecommendVectors
+) -> RecommendValues:
+    """Validate a recommend channel: a dense vector, one example or more, a known strategy.
+
+    Qdrant itself refuses a recommend query without examples (qdrant-client) or
+    scores every point 0 (qdrant-edge); both accept negatives alone.
+    """
+    if using in schema.sparse:
+        raise InvalidInput(f"recommend queries work on dense vectors only; {using!r} is sparse")
+    check_dense_name(schema, using)
+    if query.strategy not in RECOMMEND_STRATEGIES:
+        raise InvalidInput(
+            f"recommend strategy must be 'best_score' or 'sum_scores', got {query.strategy!r}"
+        )
+    positives = _examples(schema, using, "positives", query.positives)
+    negatives = _examples(schema, using, "negatives", query.negatives)
+    if not positives and not negatives:
+        raise InvalidInput(
+            f"a recommend query on {using!r} needs at least one positive or negative example"
+        )
+    return RecommendValues(positives, negatives, query.strategy)
+
+
+def _channel_vector(
+    schema: VectorSchema, channel: ChannelQuery
+) -> VectorValues | RecommendValues | None:
+    """The validated query of a channel; ``None`` for an empty sparse vector."""
+    if isinstance(channel.vector, RecommendVectors):
+        return _recommend_values(schema, channel.using, channel.vector)
+    return any_vector_values(schema, channel.using, channel.vector)
 
 
 ScoredId = tuple[str, float]

@@ -110,6 +110,15 @@ def _unknown(schema: VectorSchema, name: str) -> InvalidInput:
     return InvalidInput(f"unknown vector {name!r}; this store has: {', '.join(schema.names)}")
 
 
+def check_dense_name(schema: VectorSchema, name: str) -> str:
+    """``name`` if it names a dense vector of the schema, else ``InvalidInput``."""
+    if name not in schema.dense:
+        if name in schema.sparse:
+            raise InvalidInput(f"vector {name!r} is sparse; this needs a dense vector")
+        raise _unknown(schema, name)
+    return name
+
+
 def vector_values(schema: VectorSchema, name: str, vector: Any) -> list[float]:
     """Check one dense named vector against the schema and return it as a list of floats.
 

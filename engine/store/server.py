@@ -12,47 +12,39 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import grpc
+import numpy as np
 from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from engine.errors import FailedPrecondition, SchemaMismatch, Unavailable
-from engine.query import FusedHit, HybridQuery
+from engine.errors import FailedPrecondition, SchemaMismatch
+from engine.query import FusedHit, HybridQuery, ItemFilter, Range
 from engine.store.base import (
+    FLOAT_INDEXED_FIELDS,
     KEYWORD_INDEXED_FIELDS,
-    SparseValues,
+    POPULARITY,
     VectorSchema,
     VectorStore,
-    VectorValues,
+    carry_popularity,
+    check_dense_name,
+    check_limit,
     payload_to_record,
+    popular_hits,
+    popularity_increments,
     prepare_items,
+    prepare_vectors,
+    stored_popularity,
+    stored_vector,
     unique_in_order,
 )
-from engine.store.filters import client_filter, client_tenant_filter
-from engine.store.hybrid import ChannelPlan, HybridPlan, fused_hits, plan_hybrid
-from engine.types import ItemRecord, StoredItem, point_id
+from engine.store.filters import client_filter, client_tenant_filter, plan_filter, with_condition
+from engine.store.hybrid import fused_hits, plan_hybrid
+from engine.store.server_client import client_vector, connect, hybrid_requests, server_errors
+from engine.types import ItemRecord, SearchHit, StoredItem, point_id
 
 logger = logging.getLogger(__name__)
-
-_CLIENT_ERRORS = (UnexpectedResponse, ResponseHandlingException, grpc.RpcError, ConnectionError)
-
-
-@contextlib.contextmanager
-def _server_errors(action: str) -> Iterator[None]:
-    """Turn transport and server errors into ``Unavailable`` (retrying may help)."""
-    try:
-        yield
-    except _CLIENT_ERRORS as exc:
-        raise Unavailable(f"qdrant server failed to {action}: {exc}") from exc
-
-
-def _client_vector(values: VectorValues) -> list[float] | models.SparseVector:
-    """A validated vector in qdrant-client form."""
-    if isinstance(values, SparseValues):
-        return models.SparseVector(indices=values.indices, values=values.values)
-    return values
 
 
 def _collection_schema(
@@ -79,11 +71,14 @@ def _collection_schema(
 
 
 class ServerStore(VectorStore):
-    """A Qdrant collection of cosine named vectors plus keyword indexes on tenant and item id.
+    """A Qdrant collection of cosine named vectors plus keyword indexes on tenant and item id
+    and a float index on popularity.
 
     Give a URL (a gRPC client is made, ``prefer_grpc=True``) or a ready
     ``QdrantClient``; a client passed in is not closed by :meth:`close`, its
-    owner closes it.
+    owner closes it. Read-modify-writes (popularity, and carrying it over in
+    ``upsert``) hold a lock of this object; other engine replicas on the same
+    collection are not covered by it (see :meth:`add_popularity`).
     """
 
     def __init__(
@@ -97,15 +92,10 @@ class ServerStore(VectorStore):
     ) -> None:
         self.schema = schema
         self._collection = collection
-        self._search_params = models.SearchParams(hnsw_ef=hnsw_ef)
+        self._hnsw_ef = hnsw_ef
         self._closed = False
-        if isinstance(url_or_client, QdrantClient):
-            self._client, self._owns_client = url_or_client, False
-            options = getattr(url_or_client, "init_options", {}) or {}
-            self._where = str(options.get("url") or options.get("location") or "client")
-        else:
-            self._client = QdrantClient(url=url_or_client, prefer_grpc=True, api_key=api_key)
-            self._owns_client, self._where = True, url_or_client
+        self._write_lock = threading.Lock()  # read-modify-writes of this process
+        self._client, self._owns_client, self._where = connect(url_or_client, api_key)
         try:
             self._ensure_collection()
         except BaseException:
@@ -115,7 +105,7 @@ class ServerStore(VectorStore):
 
     def _ensure_collection(self) -> None:
         """Create the collection if missing, else check it holds this schema's vectors."""
-        with _server_errors(f"open collection {self._collection}"):
+        with server_errors(f"open collection {self._collection}"):
             if not self._client.collection_exists(self._collection):
                 self._create_collection()
                 return
@@ -130,6 +120,7 @@ class ServerStore(VectorStore):
                 f"vectors than configured: {'; '.join(problems)}. Re-index the catalog into "
                 f"it from scratch (delete the collection first) or choose another collection"
             )
+        self._ensure_float_indexes(info.payload_schema or {})
 
     def _create_collection(self) -> None:
         """Cosine dense and IDF sparse vectors from the schema, keyword payload indexes."""
@@ -149,64 +140,93 @@ class ServerStore(VectorStore):
                 type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant"
             )
             self._client.create_payload_index(self._collection, field, params, wait=True)
+        self._ensure_float_indexes({})
         logger.info("created collection %s on %s", self._collection, self._where)
+
+    def _ensure_float_indexes(self, existing: Mapping[str, Any]) -> None:
+        """Float (range) indexes for ``popular()``'s ``order_by``, made if missing (a
+        collection from before them gets them on open). No payload HNSW links: these
+        serve ordering, not filtered vector search."""
+        params = models.FloatIndexParams(type=models.FloatIndexType.FLOAT, enable_hnsw=False)
+        for field in FLOAT_INDEXED_FIELDS:
+            if field not in existing:
+                with server_errors(f"create the {field} index"):
+                    self._client.create_payload_index(self._collection, field, params, wait=True)
 
     def _check_open(self) -> None:
         """Refuse calls after :meth:`close`."""
         if self._closed:
             raise FailedPrecondition(f"the store for collection {self._collection} is closed")
 
+    def _payloads(self, point_ids: list[str], keys: list[str] | bool) -> dict[str, dict]:
+        """Point id -> the asked payload keys of the points that exist."""
+        records = self._client.retrieve(
+            self._collection, ids=point_ids, with_payload=keys, with_vectors=False
+        )
+        return {str(record.id): dict(record.payload or {}) for record in records}
+
     def upsert(self, items: Sequence[StoredItem]) -> None:
-        """Insert or replace items; a bad item rejects the whole batch before any write."""
+        """Insert or replace items; a bad item rejects the whole batch before any write.
+
+        A replaced item keeps its popularity: read just before, under this store's
+        lock (another engine replica may still race with it, see :meth:`add_popularity`).
+        """
         self._check_open()
-        points = [
-            models.PointStruct(
-                id=p.point_id,
-                vector={name: _client_vector(values) for name, values in p.vectors.items()},
-                payload=p.payload,
-            )
-            for p in prepare_items(self.schema, items)
-        ]
-        if points:
-            with _server_errors("upsert"):
-                self._client.upsert(self._collection, points=points, wait=True)
-
-    def _params(self, plan: HybridPlan, channel: ChannelPlan) -> models.SearchParams:
-        """Search params of one channel: ``hnsw_ef``, and the tenant as IDF corpus if sparse."""
-        if not channel.sparse:
-            return self._search_params
-        corpus = client_tenant_filter(plan.filter.tenant)
-        return models.SearchParams(
-            hnsw_ef=self._search_params.hnsw_ef, idf=models.IdfCorpusParams(corpus=corpus)
-        )
-
-    def _requests(self, plan: HybridPlan) -> list[models.QueryRequest]:
-        """The fused request, then (if asked, several channels) each channel's own request."""
-        flt = client_filter(plan.filter)
-        nearest = [
-            models.QueryRequest(
-                query=_client_vector(c.vector), using=c.using, limit=c.limit, filter=flt,
-                params=self._params(plan, c),
-            )
-            for c in plan.channels
-        ]
-        if not plan.fused:
-            return [nearest[0].model_copy(
-                update={"limit": plan.result_limit, "with_payload": True}
-            )]
-        fusion: models.Query = models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k, weights=plan.weights))
-        if plan.fusion == "dbsf":
-            fusion = models.FusionQuery(fusion=models.Fusion.DBSF)
-        fused = models.QueryRequest(
-            prefetch=[
-                models.Prefetch(
-                    query=r.query, using=r.using, limit=r.limit, filter=flt, params=r.params
+        prepared = prepare_items(self.schema, items)
+        if not prepared:
+            return
+        with self._write_lock, server_errors("upsert"):
+            stored = self._payloads([p.point_id for p in prepared], [POPULARITY])
+            points = [
+                models.PointStruct(
+                    id=p.point_id,
+                    vector={name: client_vector(values) for name, values in p.vectors.items()},
+                    payload=p.payload,
                 )
-                for r in nearest
-            ],
-            query=fusion, limit=plan.limit, filter=flt, with_payload=True,
-        )
-        return [fused, *nearest] if plan.with_channel_hits else [fused]
+                for p in carry_popularity(prepared, stored)
+            ]
+            self._client.upsert(self._collection, points=points, wait=True)
+
+    def set_vectors(self, vectors: Mapping[str, np.ndarray], *, tenant: str, using: str) -> int:
+        """Replace the vector ``using`` of existing items (see ``VectorStore``)."""
+        self._check_open()
+        prepared = prepare_vectors(self.schema, vectors, using)
+        by_point = {point_id(tenant, item_id): values for item_id, values in prepared.items()}
+        if not by_point:
+            return 0
+        with self._write_lock, server_errors("update vectors"):
+            present = list(self._payloads(list(by_point), False))
+            if present:
+                self._client.update_vectors(self._collection, points=[
+                    models.PointVectors(id=point, vector={using: by_point[point]})
+                    for point in present
+                ], wait=True)
+        return len(present)
+
+    def add_popularity(self, increments: Mapping[str, float], *, tenant: str) -> int:
+        """Add to the popularity of existing items (see ``VectorStore``).
+
+        The read-modify-write is atomic only within this store object (its lock):
+        several engine replicas adding to one item on one server can race and lose
+        increments. Popularity is a ranking signal, so that is tolerated; route a
+        tenant's events to one writer where exact counts matter.
+        """
+        self._check_open()
+        checked = popularity_increments(increments)
+        by_point = {point_id(tenant, item_id): value for item_id, value in checked.items()}
+        if not by_point:
+            return 0
+        with self._write_lock, server_errors("add popularity"):
+            stored = self._payloads(list(by_point), [POPULARITY])
+            if stored:
+                self._client.batch_update_points(self._collection, [
+                    models.SetPayloadOperation(set_payload=models.SetPayload(
+                        payload={POPULARITY: (stored_popularity(p) or 0.0) + by_point[point]},
+                        points=[point],
+                    ))
+                    for point, p in stored.items()
+                ], wait=True)
+        return len(stored)
 
     def hybrid_search(self, query: HybridQuery) -> list[FusedHit]:
         """One Query API request: a prefetch per channel, fused (see ``VectorStore``)."""
@@ -214,9 +234,9 @@ class ServerStore(VectorStore):
         plan = plan_hybrid(self.schema, query)
         if plan is None:
             return []
-        with _server_errors("search"):
+        with server_errors("search"):
             responses = self._client.query_batch_points(
-                self._collection, requests=self._requests(plan)
+                self._collection, requests=hybrid_requests(plan, self._hnsw_ef)
             )
         points = [(str(p.id), p.payload, p.score) for p in responses[0].points]
         rankings = [[(str(p.id), p.score) for p in r.points] for r in responses[1:]]
@@ -228,7 +248,7 @@ class ServerStore(VectorStore):
         wanted = unique_in_order(ids)
         if not wanted:
             return []
-        with _server_errors("retrieve points"):
+        with server_errors("retrieve points"):
             records = self._client.retrieve(
                 self._collection,
                 ids=[point_id(tenant, item_id) for item_id in wanted],
@@ -248,7 +268,7 @@ class ServerStore(VectorStore):
         point_ids = [point_id(tenant, item_id) for item_id in unique_in_order(ids)]
         if not point_ids:
             return 0
-        with _server_errors("delete points"):
+        with server_errors("delete points"):
             existing = self._client.retrieve(
                 self._collection, ids=point_ids, with_payload=False, with_vectors=False
             )
@@ -259,10 +279,46 @@ class ServerStore(VectorStore):
                 )
         return len(present)
 
+    def vectors(self, ids: Sequence[str], *, tenant: str, using: str) -> dict[str, np.ndarray]:
+        """Stored vectors of items on ``using``, normalised (see ``VectorStore``)."""
+        self._check_open()
+        check_dense_name(self.schema, using)
+        by_point = {point_id(tenant, item_id): item_id for item_id in unique_in_order(ids)}
+        if not by_point:
+            return {}
+        with server_errors("retrieve vectors"):
+            records = self._client.retrieve(
+                self._collection, ids=list(by_point), with_payload=False, with_vectors=[using]
+            )
+        found = {by_point[str(r.id)]: stored_vector(r.vector, using) for r in records}
+        return {i: vector for i in by_point.values() if (vector := found.get(i)) is not None}
+
+    def popular(self, *, tenant: str, filter: ItemFilter, limit: int) -> list[SearchHit]:
+        """The most popular items by an ordered scroll on the popularity index."""
+        self._check_open()
+        limit = check_limit(limit)
+        plan = plan_filter(tenant, filter)
+
+        def tied(value: float, count: int) -> list[tuple[str, dict | None]]:
+            equal = with_condition(plan, Range(POPULARITY, gte=value, lte=value))
+            records, _ = self._client.scroll(
+                self._collection, scroll_filter=client_filter(equal), limit=count,
+                with_payload=True,
+            )
+            return [(str(r.id), r.payload) for r in records]
+
+        with server_errors("list popular items"):
+            ranked, _ = self._client.scroll(
+                self._collection, scroll_filter=client_filter(plan), limit=limit,
+                order_by=models.OrderBy(key=POPULARITY, direction=models.Direction.DESC),
+                with_payload=True,
+            )
+            return popular_hits([(str(r.id), r.payload) for r in ranked], limit, tied)
+
     def count(self, tenant: str | None = None) -> int:
         """All points, or one tenant's (exact count)."""
         self._check_open()
-        with _server_errors("count"):
+        with server_errors("count"):
             result = self._client.count(
                 self._collection,
                 count_filter=None if tenant is None else client_tenant_filter(tenant),

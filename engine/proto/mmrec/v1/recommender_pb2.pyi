@@ -14,9 +14,22 @@ class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FUSION_UNSPECIFIED: _ClassVar[Fusion]
     FUSION_RRF: _ClassVar[Fusion]
     FUSION_DBSF: _ClassVar[Fusion]
+
+class RecommendStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECOMMEND_STRATEGY_UNSPECIFIED: _ClassVar[RecommendStrategy]
+    RECOMMEND_STRATEGY_PROFILE: _ClassVar[RecommendStrategy]
+    RECOMMEND_STRATEGY_AVERAGE_VECTOR: _ClassVar[RecommendStrategy]
+    RECOMMEND_STRATEGY_BEST_SCORE: _ClassVar[RecommendStrategy]
+    RECOMMEND_STRATEGY_SUM_SCORES: _ClassVar[RecommendStrategy]
 FUSION_UNSPECIFIED: Fusion
 FUSION_RRF: Fusion
 FUSION_DBSF: Fusion
+RECOMMEND_STRATEGY_UNSPECIFIED: RecommendStrategy
+RECOMMEND_STRATEGY_PROFILE: RecommendStrategy
+RECOMMEND_STRATEGY_AVERAGE_VECTOR: RecommendStrategy
+RECOMMEND_STRATEGY_BEST_SCORE: RecommendStrategy
+RECOMMEND_STRATEGY_SUM_SCORES: RecommendStrategy
 
 class Item(_message.Message):
     __slots__ = ("id", "tenant", "title", "text", "image", "image_uri", "attributes")
@@ -142,7 +155,7 @@ class ChannelScore(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("rank", "fused_rank", "fused_score", "channels", "rerank_score", "matched_terms", "reason")
+    __slots__ = ("rank", "fused_rank", "fused_score", "channels", "rerank_score", "matched_terms", "reason", "because_of")
     class ChannelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +170,7 @@ class Explanation(_message.Message):
     RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
     MATCHED_TERMS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_OF_FIELD_NUMBER: _ClassVar[int]
     rank: int
     fused_rank: int
     fused_score: float
@@ -164,7 +178,8 @@ class Explanation(_message.Message):
     rerank_score: float
     matched_terms: _containers.RepeatedScalarFieldContainer[str]
     reason: str
-    def __init__(self, rank: _Optional[int] = ..., fused_rank: _Optional[int] = ..., fused_score: _Optional[float] = ..., channels: _Optional[_Mapping[str, ChannelScore]] = ..., rerank_score: _Optional[float] = ..., matched_terms: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    because_of: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rank: _Optional[int] = ..., fused_rank: _Optional[int] = ..., fused_score: _Optional[float] = ..., channels: _Optional[_Mapping[str, ChannelScore]] = ..., rerank_score: _Optional[float] = ..., matched_terms: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., because_of: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("results", "channels", "reranked", "rerank_budget_exhausted", "fusion")
@@ -277,3 +292,113 @@ class GetInfoResponse(_message.Message):
     store: str
     device: str
     def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., channels: _Optional[_Iterable[_Union[ChannelInfo, _Mapping]]] = ..., item_count: _Optional[int] = ..., store: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("user_id", "item_id", "kind", "value", "timestamp", "tenant")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_id: str
+    kind: str
+    value: float
+    timestamp: float
+    tenant: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[float] = ..., timestamp: _Optional[float] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class RejectedEvent(_message.Message):
+    __slots__ = ("index", "user_id", "item_id", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    user_id: str
+    item_id: str
+    reason: str
+    def __init__(self, index: _Optional[int] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RecordEventsResponse(_message.Message):
+    __slots__ = ("recorded", "rejected", "users_updated")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    USERS_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedEvent]
+    users_updated: int
+    def __init__(self, recorded: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedEvent, _Mapping]]] = ..., users_updated: _Optional[int] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "top_k", "tenant", "positive_ids", "negative_ids", "context", "filter", "include_seen", "rerank", "rerank_budget_ms", "rerank_top_k", "explain", "hybrid", "strategy", "diversity")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    RERANK_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    RERANK_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    top_k: int
+    tenant: str
+    positive_ids: _containers.RepeatedScalarFieldContainer[str]
+    negative_ids: _containers.RepeatedScalarFieldContainer[str]
+    context: str
+    filter: Filter
+    include_seen: bool
+    rerank: bool
+    rerank_budget_ms: int
+    rerank_top_k: int
+    explain: bool
+    hybrid: HybridParams
+    strategy: RecommendStrategy
+    diversity: float
+    def __init__(self, user_id: _Optional[str] = ..., top_k: _Optional[int] = ..., tenant: _Optional[str] = ..., positive_ids: _Optional[_Iterable[str]] = ..., negative_ids: _Optional[_Iterable[str]] = ..., context: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., include_seen: _Optional[bool] = ..., rerank: _Optional[bool] = ..., rerank_budget_ms: _Optional[int] = ..., rerank_top_k: _Optional[int] = ..., explain: _Optional[bool] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ..., strategy: _Optional[_Union[RecommendStrategy, str]] = ..., diversity: _Optional[float] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("results", "channels", "reranked", "rerank_budget_exhausted", "fusion", "cold_start", "strategy")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    RERANKED_FIELD_NUMBER: _ClassVar[int]
+    RERANK_BUDGET_EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    reranked: int
+    rerank_budget_exhausted: bool
+    fusion: str
+    cold_start: bool
+    strategy: str
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., channels: _Optional[_Iterable[str]] = ..., reranked: _Optional[int] = ..., rerank_budget_exhausted: _Optional[bool] = ..., fusion: _Optional[str] = ..., cold_start: _Optional[bool] = ..., strategy: _Optional[str] = ...) -> None: ...
+
+class DeleteUserRequest(_message.Message):
+    __slots__ = ("user_id", "tenant")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    tenant: str
+    def __init__(self, user_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class DeleteUserResponse(_message.Message):
+    __slots__ = ("events_deleted", "seen_deleted", "profile_deleted", "cache_entries_deleted")
+    EVENTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    SEEN_DELETED_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_ENTRIES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    events_deleted: int
+    seen_deleted: int
+    profile_deleted: bool
+    cache_entries_deleted: int
+    def __init__(self, events_deleted: _Optional[int] = ..., seen_deleted: _Optional[int] = ..., profile_deleted: _Optional[bool] = ..., cache_entries_deleted: _Optional[int] = ...) -> None: ...

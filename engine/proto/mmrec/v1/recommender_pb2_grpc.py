@@ -61,6 +61,21 @@ class RecommenderStub:
                 request_serializer=mmrec_dot_v1_dot_recommender__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=mmrec_dot_v1_dot_recommender__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.RecordEvents = channel.stream_unary(
+                '/mmrec.v1.Recommender/RecordEvents',
+                request_serializer=mmrec_dot_v1_dot_recommender__pb2.Event.SerializeToString,
+                response_deserializer=mmrec_dot_v1_dot_recommender__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
+        self.Recommend = channel.unary_unary(
+                '/mmrec.v1.Recommender/Recommend',
+                request_serializer=mmrec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=mmrec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/mmrec.v1.Recommender/DeleteUser',
+                request_serializer=mmrec_dot_v1_dot_recommender__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=mmrec_dot_v1_dot_recommender__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -103,6 +118,29 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvents(self, request_iterator, context):
+        """Record user interactions, streamed one per message. Each valid event
+        updates its user's profile at once; invalid events are reported and skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recommend(self, request, context):
+        """Items for a user (from their recorded history) and/or for explicit
+        positive and negative example items, with optional context text and filters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """Erase everything stored about a user: events, profile vector, seen set, caches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +168,21 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=mmrec_dot_v1_dot_recommender__pb2.GetInfoRequest.FromString,
                     response_serializer=mmrec_dot_v1_dot_recommender__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'RecordEvents': grpc.stream_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=mmrec_dot_v1_dot_recommender__pb2.Event.FromString,
+                    response_serializer=mmrec_dot_v1_dot_recommender__pb2.RecordEventsResponse.SerializeToString,
+            ),
+            'Recommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommend,
+                    request_deserializer=mmrec_dot_v1_dot_recommender__pb2.RecommendRequest.FromString,
+                    response_serializer=mmrec_dot_v1_dot_recommender__pb2.RecommendResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=mmrec_dot_v1_dot_recommender__pb2.DeleteUserRequest.FromString,
+                    response_serializer=mmrec_dot_v1_dot_recommender__pb2.DeleteUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +321,87 @@ class Recommender:
             '/mmrec.v1.Recommender/GetInfo',
             mmrec_dot_v1_dot_recommender__pb2.GetInfoRequest.SerializeToString,
             mmrec_dot_v1_dot_recommender__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mmrec.v1.Recommender/RecordEvents',
+            mmrec_dot_v1_dot_recommender__pb2.Event.SerializeToString,
+            mmrec_dot_v1_dot_recommender__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmrec.v1.Recommender/Recommend',
+            mmrec_dot_v1_dot_recommender__pb2.RecommendRequest.SerializeToString,
+            mmrec_dot_v1_dot_recommender__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmrec.v1.Recommender/DeleteUser',
+            mmrec_dot_v1_dot_recommender__pb2.DeleteUserRequest.SerializeToString,
+            mmrec_dot_v1_dot_recommender__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

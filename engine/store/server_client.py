@@ -1,0 +1,104 @@
+"""What the server-backed stores share of qdrant-client: the connection, the error
+mapping, and a hybrid plan spelled as Query API requests.
+
+``ServerStore`` (items) and ``ServerUserStore`` (users) both connect through
+:func:`connect` and turn client errors into ``Unavailable`` with
+:func:`server_errors`. :func:`hybrid_requests` spells a
+:class:`~engine.store.hybrid.HybridPlan` in qdrant-client types, the way
+``edge_query`` spells it in qdrant-edge types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import grpc
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from engine.errors import Unavailable
+from engine.store.filters import client_filter, client_tenant_filter
+from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
+from engine.store.schema import SparseValues, VectorValues
+
+CLIENT_ERRORS = (UnexpectedResponse, ResponseHandlingException, grpc.RpcError, ConnectionError)
+"""What qdrant-client raises when the server or the transport fails."""
+
+
+@contextlib.contextmanager
+def server_errors(action: str) -> Iterator[None]:
+    """Turn transport and server errors into ``Unavailable`` (retrying may help)."""
+    try:
+        yield
+    except CLIENT_ERRORS as exc:
+        raise Unavailable(f"qdrant server failed to {action}: {exc}") from exc
+
+
+def connect(
+    url_or_client: str | QdrantClient, api_key: str | None
+) -> tuple[QdrantClient, bool, str]:
+    """The client, whether the store made it (and so closes it), and where it points.
+
+    A URL gets a gRPC client (``prefer_grpc=True``); a ready client is used as it is.
+    """
+    if isinstance(url_or_client, QdrantClient):
+        options = getattr(url_or_client, "init_options", {}) or {}
+        return url_or_client, False, str(options.get("url") or options.get("location") or "client")
+    client = QdrantClient(url=url_or_client, prefer_grpc=True, api_key=api_key)
+    return client, True, url_or_client
+
+
+def client_vector(values: VectorValues) -> list[float] | models.SparseVector:
+    """A validated vector in qdrant-client form."""
+    if isinstance(values, SparseValues):
+        return models.SparseVector(indices=values.indices, values=values.values)
+    return values
+
+
+def client_query(channel: ChannelPlan) -> list[float] | models.SparseVector | models.Query:
+    """A channel's query: its vector (nearest), or a recommend query from its examples."""
+    if isinstance(channel.vector, RecommendValues):
+        strategy = models.RecommendStrategy.BEST_SCORE
+        if channel.vector.strategy == "sum_scores":
+            strategy = models.RecommendStrategy.SUM_SCORES
+        return models.RecommendQuery(recommend=models.RecommendInput(
+            positive=channel.vector.positives, negative=channel.vector.negatives,
+            strategy=strategy,
+        ))
+    return client_vector(channel.vector)
+
+
+def _params(plan: HybridPlan, channel: ChannelPlan, hnsw_ef: int) -> models.SearchParams:
+    """Search params of one channel: ``hnsw_ef``, and the tenant as IDF corpus if sparse."""
+    if not channel.sparse:
+        return models.SearchParams(hnsw_ef=hnsw_ef)
+    corpus = client_tenant_filter(plan.filter.tenant)
+    return models.SearchParams(hnsw_ef=hnsw_ef, idf=models.IdfCorpusParams(corpus=corpus))
+
+
+def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[models.QueryRequest]:
+    """The fused request, then (if asked, several channels) each channel's own request."""
+    flt = client_filter(plan.filter)
+    channels = [
+        models.QueryRequest(
+            query=client_query(c), using=c.using, limit=c.limit, filter=flt,
+            params=_params(plan, c, hnsw_ef),
+        )
+        for c in plan.channels
+    ]
+    if not plan.fused:
+        return [channels[0].model_copy(update={"limit": plan.result_limit, "with_payload": True})]
+    fusion: models.Query = models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k, weights=plan.weights))
+    if plan.fusion == "dbsf":
+        fusion = models.FusionQuery(fusion=models.Fusion.DBSF)
+    fused = models.QueryRequest(
+        prefetch=[
+            models.Prefetch(
+                query=r.query, using=r.using, limit=r.limit, filter=flt, params=r.params
+            )
+            for r in channels
+        ],
+        query=fusion, limit=plan.limit, filter=flt, with_payload=True,
+    )
+    return [fused, *channels] if plan.with_channel_hits else [fused]

@@ -1,0 +1,197 @@
+"""ServerUserStore: users in a collection of a Qdrant server or cluster, through qdrant-client.
+
+The engine names it after the items' collection (``mmrec_items_users``), so one
+server holds both and engine replicas stay stateless. Users are fetched by id,
+never searched: the collection is created without an HNSW graph (``m=0``).
+Tests run this code path against ``QdrantClient(":memory:")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+
+from qdrant_client import QdrantClient, models
+
+from engine.errors import FailedPrecondition, SchemaMismatch
+from engine.store.filters import client_tenant_filter
+from engine.store.server_client import connect, server_errors
+from engine.store.users import (
+    USER_KEYS,
+    USER_SCROLL_PAGE,
+    UserRecord,
+    UserStore,
+    check_user,
+    dims_differences,
+    prepare_user,
+    stored_user,
+    user_schema,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _collection_dims(vectors: object) -> tuple[dict[str, int], list[str]]:
+    """The vector sizes of an existing collection, and what about it we cannot use."""
+    if not isinstance(vectors, dict):
+        return {}, ["the collection has a single unnamed vector, not named vectors"]
+    problems = [
+        f"vector {name!r} uses {params.distance} distance, not cosine"
+        for name, params in vectors.items()
+        if params.distance != models.Distance.COSINE
+    ]
+    return {name: int(params.size) for name, params in vectors.items()}, problems
+
+
+class ServerUserStore(UserStore):
+    """Users in a Qdrant collection: cosine vectors of ``dims``, keyword indexes on tenant
+    and user id.
+
+    Give a URL (a gRPC client is made) or a ready ``QdrantClient``; a client passed
+    in is not closed by :meth:`close`. Reopening a collection holding other vector
+    sizes is a ``SchemaMismatch``.
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | QdrantClient,
+        dims: Mapping[str, int],
+        *,
+        collection: str,
+        api_key: str | None = None,
+    ) -> None:
+        schema = user_schema(dims)
+        self.dims = dict(schema.dense)
+        self._schema = schema
+        self._collection = collection
+        self._closed = False
+        self._client, self._owns_client, self._where = connect(url_or_client, api_key)
+        try:
+            self._ensure_collection()
+        except BaseException:
+            self.close()
+            raise
+        logger.info("opened %s", self.description)
+
+    def _ensure_collection(self) -> None:
+        """Create the collection if missing, else check it holds these vector sizes."""
+        with server_errors(f"open collection {self._collection}"):
+            if not self._client.collection_exists(self._collection):
+                self._create_collection()
+                return
+            info = self._client.get_collection(self._collection)
+        stored, problems = _collection_dims(info.config.params.vectors)
+        problems += dims_differences(stored, self.dims)
+        if problems:
+            raise SchemaMismatch(
+                f"users collection {self._collection} on {self._where} holds other user "
+                f"vectors than configured: {'; '.join(problems)}. The users' vectors follow "
+                f"the item vectors' configuration: restore the configuration they were made "
+                f"with, or delete the collection to start the users over (profiles are lost)"
+            )
+
+    def _create_collection(self) -> None:
+        """Cosine vectors without an HNSW graph, keyword indexes on tenant and user id."""
+        self._client.create_collection(
+            self._collection,
+            vectors_config={
+                name: models.VectorParams(size=size, distance=models.Distance.COSINE)
+                for name, size in self.dims.items()
+            },
+            hnsw_config=models.HnswConfigDiff(m=0),
+        )
+        for field in USER_KEYS:
+            params = models.KeywordIndexParams(
+                type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant"
+            )
+            self._client.create_payload_index(self._collection, field, params, wait=True)
+        logger.info("created users collection %s on %s", self._collection, self._where)
+
+    def _check_open(self) -> None:
+        """Refuse calls after :meth:`close`."""
+        if self._closed:
+            raise FailedPrecondition(f"the users store for {self._collection} is closed")
+
+    def get(self, user_id: str, *, tenant: str) -> UserRecord | None:
+        """The user's record, or ``None``."""
+        self._check_open()
+        point = check_user(tenant, user_id)
+        with server_errors("read a user"):
+            records = self._client.retrieve(
+                self._collection, ids=[point], with_payload=True, with_vectors=True
+            )
+        for stored in records:
+            record = stored_user(stored.payload, stored.vector)
+            if record is not None and (record.tenant, record.user_id) == (tenant, user_id):
+                return record
+        return None
+
+    def put(self, record: UserRecord) -> None:
+        """Insert or replace the whole user."""
+        self._check_open()
+        prepared = prepare_user(self._schema, record)
+        point = models.PointStruct(
+            id=prepared.point_id, vector=dict(prepared.vectors), payload=prepared.payload
+        )
+        with server_errors("write a user"):
+            self._client.upsert(self._collection, points=[point], wait=True)
+
+    def delete(self, user_id: str, *, tenant: str) -> bool:
+        """Erase the user's point; ``True`` if it existed (checked just before)."""
+        self._check_open()
+        point = check_user(tenant, user_id)
+        with server_errors("delete a user"):
+            if not self._client.retrieve(
+                self._collection, ids=[point], with_payload=False, with_vectors=False
+            ):
+                return False
+            self._client.delete(self._collection, models.PointIdsList(points=[point]), wait=True)
+        return True
+
+    def users(self, tenant: str | None = None) -> Iterator[UserRecord]:
+        """Every user (or one tenant's), a page per request, by point id."""
+        condition = None if tenant is None else client_tenant_filter(tenant)
+        offset = None
+        while True:
+            self._check_open()
+            with server_errors("list users"):
+                page, offset = self._client.scroll(
+                    self._collection, scroll_filter=condition, limit=USER_SCROLL_PAGE,
+                    offset=offset, with_payload=True, with_vectors=True,
+                )
+            for stored in page:
+                record = stored_user(stored.payload, stored.vector)
+                if record is not None:
+                    yield record
+            if offset is None:
+                return
+
+    def count(self, tenant: str | None = None) -> int:
+        """All users, or one tenant's (exact count)."""
+        self._check_open()
+        with server_errors("count users"):
+            result = self._client.count(
+                self._collection,
+                count_filter=None if tenant is None else client_tenant_filter(tenant),
+                exact=True,
+            )
+        return int(result.count)
+
+    def flush(self) -> None:
+        """Nothing to do: the server acknowledges a write (``wait=True``) once its WAL has it."""
+        self._check_open()
+
+    def close(self) -> None:
+        """Close the client if this store made it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._client.close()
+
+    @property
+    def description(self) -> str:
+        """One line for ``mmrec info``."""
+        return f"qdrant server {self._where}, users collection {self._collection}"

@@ -1,0 +1,95 @@
+"""``mmrec train-seq``: learn the behavioural channel from an interaction log.
+
+Reads the user sequences (a log file, or the events recorded in the store),
+trains the SASRec-style model of :mod:`engine.sequential` with each user's last
+item held out for early stopping, writes every known item's ``behaviour``
+vector into the store, and saves the model where the engine loads it
+(``EngineConfig.sequential_path()``). Run it while no service holds the data
+dir (the embedded store is locked by one process); a service started afterwards
+uses the new model.
+
+Trade-off: the held-out last items are not trained on (they are still used as
+history when a user is encoded), which keeps training to one run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from engine.config import EngineConfig
+from engine.errors import InvalidInput
+from engine.pipeline import Engine
+from engine.profiles import ProfileWeights
+from engine.sequential import SequentialSettings, train_sequential
+from engine.types import DEFAULT_TENANT
+from indexers.interactions import LogStats, read_events, sequences
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BehaviourSummary:
+    """What a training run did: data, model quality on held-out items, vectors written."""
+
+    source: str
+    users: int
+    interactions: int
+    items_in_model: int
+    epochs_run: int
+    best_valid_ndcg: float | None
+    train_seconds: float
+    vectors_written: int
+    model_path: Path
+    skipped_rows: int = 0
+
+
+def log_sequences(path: Path, config: EngineConfig, tenant: str, stats: LogStats
+                  ) -> dict[str, list[str]]:
+    """Users' positive items in time order from a log file (negative kinds left out)."""
+    weights = ProfileWeights(config.profiles)
+
+    def positive(kind: str, value: float) -> bool:
+        try:
+            return weights.weight(kind, value) > 0
+        except InvalidInput:
+            stats.skip(0, f"unknown kind {kind!r}")
+            return False
+
+    events = (e for e in read_events(path, tenant=tenant, stats=stats)
+              if positive(e.kind, e.value))
+    return sequences(events)
+
+
+def train_behaviour(config: EngineConfig, log_file: Path | None, *,
+                    tenant: str = DEFAULT_TENANT, settings: SequentialSettings | None = None,
+                    progress: bool = True) -> BehaviourSummary:
+    """Train, store the item vectors, save the model; see the module docstring."""
+    settings = replace(settings or SequentialSettings(), dim=config.sequential.dim)
+    stats = LogStats()
+    engine = Engine.from_config(config, load_reranker=False)
+    try:
+        if log_file is not None:
+            users = log_sequences(log_file, config, tenant, stats)
+            source = str(log_file)
+        else:
+            users = dict(engine.profiles.histories(tenant))
+            source = f"events recorded in the store (tenant {tenant!r})"
+        if not users:
+            raise InvalidInput(f"no interactions found in {source}")
+        histories = [items[:-1] if len(items) > 2 else items for items in users.values()]
+        targets = [items[-1] if len(items) > 2 else None for items in users.values()]
+        model = train_sequential(histories, settings, valid_targets=targets, progress=progress)
+        written = engine.use_sequential(model, tenant)
+        folder = config.sequential_path()
+        model.save(folder)
+    finally:
+        engine.close()
+    facts = model.facts
+    return BehaviourSummary(
+        source=source, users=len(users), interactions=sum(len(s) for s in users.values()),
+        items_in_model=len(model.item_ids), epochs_run=facts.epochs_run,
+        best_valid_ndcg=facts.best_valid_ndcg, train_seconds=facts.train_seconds,
+        vectors_written=written, model_path=folder, skipped_rows=stats.skipped)
+
