@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from engine import __version__
+from engine.collaborative import CooccurrenceModel
 from engine.config import EngineConfig
 from engine.encoders import (
     ClipEncoder,
@@ -31,7 +32,7 @@ from engine.explain import Explainer
 from engine.fusion import FUSED, VectorFuser, mix_clip
 from engine.profiles import ProfileBook, RecordOutcome
 from engine.query import SparseVector
-from engine.recommend import BEHAVIOUR, Recommender, RecommendRequest
+from engine.recommend import BEHAVIOUR, COOCCURRENCE, Recommender, RecommendRequest
 from engine.search import (
     CLIP,
     LEXICAL,
@@ -79,6 +80,7 @@ class Models:
     reranker_status: ModelStatus | None = None
     sequential: SequentialModel | None = None
     sequential_status: ModelStatus | None = None
+    cooccurrence: CooccurrenceModel | None = None
 
 
 class Engine:
@@ -99,6 +101,8 @@ class Engine:
         sparse = (LEXICAL,) if models.lexical is not None else ()
         behaviour = ({BEHAVIOUR: config.sequential.dim + 1} if config.sequential.enabled
                      else {})
+        if config.sequential.enabled and config.sequential.cooccurrence_dim:
+            behaviour[COOCCURRENCE] = config.sequential.cooccurrence_dim + 1
         self.schema = VectorSchema(dense={FUSED: self.fuser.dim, **dims, **behaviour},
                                    sparse=sparse)
         self.sequential = models.sequential
@@ -107,7 +111,13 @@ class Engine:
                 f"the behaviour model has {self.sequential.vector_dim}-d vectors but the store "
                 f"expects {behaviour.get(BEHAVIOUR)} (sequential.dim + 1); retrain it with "
                 f"mmrec train-seq or set sequential.dim")
-        self._behaviour_vectors = self._item_behaviour()
+        self.cooccurrence = models.cooccurrence
+        if (self.cooccurrence is not None
+                and self.cooccurrence.vector_dim != behaviour.get(COOCCURRENCE)):
+            raise ModelUnavailable(
+                f"the co-occurrence model has {self.cooccurrence.vector_dim}-d vectors but the "
+                f"store expects {behaviour.get(COOCCURRENCE)}; retrain with mmrec train-seq")
+        self._derived = self._derived_vectors()
         self._store = store if store is not None else open_store(config.store, self.schema)
         self.users = users if users is not None else open_user_store(
             config.store, {"profile": self.fuser.dim})
@@ -124,7 +134,7 @@ class Engine:
                                     content_vector=config.recommend.content_vector)
         self.recommender = Recommender(self.profiles, retriever, encoder, self.sequential,
                                        models.reranker, off, explainer, config.recommend,  # type: ignore[arg-type]
-                                       config.rerank)
+                                       config.rerank, cooccurrence=self.cooccurrence)
 
     @property
     def store(self) -> VectorStore:
@@ -161,8 +171,9 @@ class Engine:
         reranker, reranker_status = (_load_reranker(config, device) if load_reranker
                                      else (None, None))
         sequential, sequential_status = _load_sequential(config, device)
+        cooccurrence = _load_cooccurrence(config)
         models = Models(text_encoder, clip_encoder, clip_status, clip_dim, lexical, reranker,
-                        reranker_status, sequential, sequential_status)
+                        reranker_status, sequential, sequential_status, cooccurrence)
         return cls(config, models, store=store, device=device)
 
     # ------------------------------------------------------------------ items
@@ -197,8 +208,9 @@ class Engine:
             vectors.update({name: rows[i] for name, rows in parts.items() if np.any(rows[i])})
             if lexical is not None and len(lexical[i]):
                 vectors[LEXICAL] = lexical[i]
-            if item.record.id in self._behaviour_vectors:
-                vectors[BEHAVIOUR] = self._behaviour_vectors[item.record.id]
+            for name, by_id in self._derived.items():
+                if item.record.id in by_id:
+                    vectors[name] = by_id[item.record.id]
             stored.append(StoredItem(record=item.record, vectors=vectors))
         return stored
 
@@ -242,15 +254,17 @@ class Engine:
         return self.store.delete(ids, tenant=tenant)
 
     # ------------------------------------------------------------ behaviour
-    def _item_behaviour(self) -> dict[str, np.ndarray]:
-        """Item id -> behaviour vector of the loaded sequential model (for re-indexed items).
+    def _derived_vectors(self) -> dict[str, dict[str, np.ndarray]]:
+        """Vector name -> item id -> vector, of the loaded behaviour models (for re-indexing).
 
-        Keyed by item id across tenants: the model is trained per catalog.
+        Keyed by item id across tenants: the models are trained per catalog.
         """
-        if self.sequential is None:
-            return {}
-        ids, vectors = self.sequential.item_vectors()
-        return dict(zip(ids, vectors, strict=True))
+        derived = {}
+        for name, model in ((BEHAVIOUR, self.sequential), (COOCCURRENCE, self.cooccurrence)):
+            if model is not None:
+                ids, vectors = model.item_vectors()
+                derived[name] = dict(zip(ids, vectors, strict=True))
+        return derived
 
     def record_events(self, events: Sequence[Event]) -> RecordOutcome:
         """Fold interaction events into their users' profiles (bad events are refused)."""
@@ -269,17 +283,30 @@ class Engine:
 
         Returns how many stored items received a behaviour vector.
         """
-        if model.vector_dim != self.schema.dense.get(BEHAVIOUR):
+        updated = self._store_item_vectors(BEHAVIOUR, model, tenant)
+        self.sequential = self.recommender.sequential = model
+        self._derived = self._derived_vectors()
+        return updated
+
+    def use_cooccurrence(self, model: CooccurrenceModel, tenant: str) -> int:
+        """Serve newly fitted co-occurrence embeddings (as :meth:`use_sequential`)."""
+        updated = self._store_item_vectors(COOCCURRENCE, model, tenant)
+        self.cooccurrence = self.recommender.cooccurrence = model
+        self._derived = self._derived_vectors()
+        return updated
+
+    def _store_item_vectors(self, name: str, model: SequentialModel | CooccurrenceModel,
+                            tenant: str) -> int:
+        """Write a model's item vectors into the named vector of the stored items."""
+        if model.vector_dim != self.schema.dense.get(name):
             raise InvalidInput(
-                f"the model's vectors have {model.vector_dim} values; the store expects "
-                f"{self.schema.dense.get(BEHAVIOUR)} (sequential.dim + 1)")
+                f"the model's {name} vectors have {model.vector_dim} values; the store expects "
+                f"{self.schema.dense.get(name)} (see the sequential section of the config)")
         ids, vectors = model.item_vectors()
         updated = 0
         for start in range(0, len(ids), 512):
             chunk = dict(zip(ids[start:start + 512], vectors[start:start + 512], strict=True))
-            updated += self.store.set_vectors(chunk, tenant=tenant, using=BEHAVIOUR)
-        self.sequential = self.recommender.sequential = model
-        self._behaviour_vectors = self._item_behaviour()
+            updated += self.store.set_vectors(chunk, tenant=tenant, using=name)
         return updated
 
     # ------------------------------------------------------------------- info
@@ -299,9 +326,10 @@ class Engine:
         ]
         if self.lexical is not None:
             channels.append(ChannelStatus(LEXICAL, 0, 0.0, True))
-        if BEHAVIOUR in self.schema.dense:
-            channels.append(ChannelStatus(BEHAVIOUR, self.schema.dense[BEHAVIOUR], 0.0,
-                                          self.sequential is not None))
+        for name, model in ((BEHAVIOUR, self.sequential), (COOCCURRENCE, self.cooccurrence)):
+            if name in self.schema.dense:
+                channels.append(ChannelStatus(name, self.schema.dense[name], 0.0,
+                                              model is not None))
         return EngineInfo(version=__version__, device=self.device, store=self.store.description,
                           item_count=self.store.count(), models=models, channels=channels)
 
@@ -368,6 +396,20 @@ def _load_sequential(config: EngineConfig, device: str
         log.warning("behaviour channel off: %s", exc)
         return None, ModelStatus(BEHAVIOUR, str(folder), False, str(exc))
     return model, ModelStatus(BEHAVIOUR, f"SASRec at {folder}", True)
+
+
+def _load_cooccurrence(config: EngineConfig) -> CooccurrenceModel | None:
+    """The saved co-occurrence embeddings, when ``mmrec train-seq`` wrote them."""
+    if not (config.sequential.enabled and config.sequential.cooccurrence_dim):
+        return None
+    folder = config.sequential_path()
+    if not (folder / "cooccurrence.json").exists():
+        return None
+    try:
+        return CooccurrenceModel.load(folder)
+    except ModelUnavailable as exc:
+        log.warning("co-occurrence channel off: %s", exc)
+        return None
 
 
 def _reason_writer(reranker: object | None) -> Callable[[str, str, float], str | None] | None:

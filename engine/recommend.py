@@ -5,6 +5,8 @@ For a user (their recorded profile) and/or explicit positive and negative items:
 * **behaviour**: the sequential model (``mmrec train-seq``) encodes the latest
   positive items into a query on the items' ``behaviour`` vectors, so a new
   event changes the next answer at once;
+* **cooccurrence**: recency-weighted item-kNN over the interaction log as a
+  vector search (``engine.collaborative``), also trained by ``mmrec train-seq``;
 * **content** (the ``fused`` vector): the decayed profile vector, or Qdrant's
   recommend strategies over the recent positives and negatives;
 * **context** text, when given: its ``text``/``clip``/``lexical`` channels, and
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from engine.collaborative import CooccurrenceModel
 from engine.config import RecommendSettings, RerankSettings
 from engine.errors import InvalidInput
 from engine.explain import Explainer, Explanation
@@ -48,6 +51,7 @@ from engine.sequential import SequentialModel
 from engine.types import RecommendResult, SearchHit
 
 BEHAVIOUR = "behaviour"
+COOCCURRENCE = "cooccurrence"
 POPULARITY = "popularity"
 STRATEGIES = ("profile", "average_vector", "best_score", "sum_scores")
 _HISTORY_TITLES = 10
@@ -119,11 +123,13 @@ class Recommender:
     def __init__(self, profiles: ProfileBook, retriever: HybridRetriever, encoder: QueryEncoder,
                  sequential: SequentialModel | None, reranker: Reranker | None,
                  reranker_off_reason: str, explainer: Explainer, settings: RecommendSettings,
-                 rerank_settings: RerankSettings) -> None:
+                 rerank_settings: RerankSettings, *,
+                 cooccurrence: CooccurrenceModel | None = None) -> None:
         self.profiles, self.retriever, self.encoder = profiles, retriever, encoder
         self.sequential, self.reranker = sequential, reranker
         self.reranker_off_reason, self.explainer = reranker_off_reason, explainer
         self.settings, self.rerank_settings = settings, rerank_settings
+        self.cooccurrence = cooccurrence
 
     # -- the request's examples ----------------------------------------------------------------
 
@@ -204,6 +210,10 @@ class Recommender:
             behaviour = self.sequential.encode([examples.positives])[0]
             if np.any(behaviour):
                 queries[BEHAVIOUR] = behaviour
+        if self.cooccurrence is not None and examples.positives:
+            together = self.cooccurrence.encode([examples.positives])[0]
+            if np.any(together):
+                queries[COOCCURRENCE] = together
         content = self._content(examples, request, strategy, context_fused)  # type: ignore[arg-type]
         if content is not None:
             queries[self.settings.content_vector] = content
@@ -235,7 +245,7 @@ class Recommender:
         fusion = request.fusion or self.retriever.settings.fusion
         channels = (self.channels(examples, request, strategy, limit)
                     if examples.positives or examples.negatives else [])
-        has_history = any(c.using in (BEHAVIOUR, self.settings.content_vector)
+        has_history = any(c.using in (BEHAVIOUR, COOCCURRENCE, self.settings.content_vector)
                           for c in channels)
         if has_history:
             hits = self.retriever.store.hybrid_search(HybridQuery(

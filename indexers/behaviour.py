@@ -2,11 +2,12 @@
 
 Reads the user sequences (a log file, or the events recorded in the store),
 trains the SASRec-style model of :mod:`engine.sequential` with each user's last
-item held out for early stopping, writes every known item's ``behaviour``
-vector into the store, and saves the model where the engine loads it
-(``EngineConfig.sequential_path()``). Run it while no service holds the data
-dir (the embedded store is locked by one process); a service started afterwards
-uses the new model.
+item held out for early stopping, fits the co-occurrence embeddings of
+:mod:`engine.collaborative` on the whole sequences, writes every known item's
+``behaviour`` and ``cooccurrence`` vectors into the store, and saves both
+where the engine loads them (``EngineConfig.sequential_path()``). Run it while
+no service holds the data dir (the embedded store is locked by one process); a
+service started afterwards uses the new models.
 
 Trade-off: the held-out last items are not trained on (they are still used as
 history when a user is encoded), which keeps training to one run.
@@ -18,6 +19,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from engine.collaborative import CooccurrenceModel
 from engine.config import EngineConfig
 from engine.errors import InvalidInput
 from engine.pipeline import Engine
@@ -84,6 +86,12 @@ def train_behaviour(config: EngineConfig, log_file: Path | None, *,
         written = engine.use_sequential(model, tenant)
         folder = config.sequential_path()
         model.save(folder)
+        if config.sequential.cooccurrence_dim:
+            together = CooccurrenceModel.fit(list(users.values()),
+                                             dim=config.sequential.cooccurrence_dim,
+                                             decay=config.sequential.cooccurrence_decay)
+            engine.use_cooccurrence(together, tenant)
+            together.save(folder)
     finally:
         engine.close()
     facts = model.facts

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.collaborative import CooccurrenceModel
 from engine.config import EngineConfig
 from engine.errors import InvalidInput
 from engine.pipeline import Engine, ItemInput
@@ -33,6 +34,7 @@ def config(tmp_path: Path, tiny_text_dir: Path) -> EngineConfig:
     cfg = make_config(tmp_path / "store", tiny_text_dir)
     cfg.clip.enabled = False
     cfg.sequential.dim = 8
+    cfg.sequential.cooccurrence_dim = 16
     return cfg
 
 
@@ -185,3 +187,18 @@ def test_behaviour_channel_follows_the_latest_event(engine: Engine) -> None:
     assert ask(engine, user_id="u", top_k=1, weights=behaviour_only) == ["m5"]
     result = engine.recommend(RecommendRequest(tenant=TENANT, user_id="u", top_k=3))
     assert result.channels[:2] == ["behaviour", "fused"]
+
+
+def test_cooccurrence_channel_ranks_like_recency_weighted_item_knn(engine: Engine) -> None:
+    baskets = [["m0", "m1", "m2"], ["m1", "m2", "m3"], ["m2", "m4"], ["m3", "m4", "m5"],
+               ["m6", "m7"], ["m7", "m8", "m9"], ["m0", "m9"]]
+    model = CooccurrenceModel.fit(baskets, dim=16, decay=0.5)
+    assert engine.use_cooccurrence(model, TENANT) == len(IDS)
+    engine.record_events(events("u", "m7", "m2"))
+    raw = model.queries([["m7", "m2"]])[0] @ model.embeddings.T
+    score = {item: raw[i] for i, item in enumerate(model.item_ids) if item not in {"m7", "m2"}}
+    expected = sorted(score, key=lambda i: -score[i])[:3]
+    got = ask(engine, user_id="u", top_k=3,
+              weights={"behaviour": 0.0, "cooccurrence": 1.0, "fused": 0.0})
+    assert got == expected
+    assert engine.info().channels[-1].name == "cooccurrence" and engine.info().channels[-1].enabled

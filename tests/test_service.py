@@ -168,6 +168,7 @@ def test_info(stub: pb_grpc.RecommenderStub) -> None:
     channels = {c.name: (c.dim, c.enabled) for c in info.channels}
     assert channels["fused"][0] == channels["clip"][0] + channels["text"][0]
     assert channels.pop("behaviour") == (65, False)       # no sequential model trained yet
+    assert channels.pop("cooccurrence") == (257, False)
     assert all(enabled for _, enabled in channels.values())
     models = {m.role: m for m in info.models}
     assert not models["behaviour"].loaded and "mmrec train-seq" in models["behaviour"].reason
@@ -223,7 +224,8 @@ def test_without_clip_weights(server_without_clip: ServerThread) -> None:
         clip = next(m for m in info.models if m.role == "clip")
         assert not clip.loaded and "no weights" in clip.reason.lower()
         assert {c.name: c.enabled for c in info.channels} == {
-            "fused": True, "clip": False, "text": True, "lexical": True, "behaviour": False}
+            "fused": True, "clip": False, "text": True, "lexical": True, "behaviour": False,
+            "cooccurrence": False}
         report = client.upsert_items([(pb_item_record("doc", "A wooden chair"), png_bytes(3))])
         assert report.upserted == 1
         reply = client.search(text="A wooden chair", top_k=1)

@@ -4,7 +4,10 @@ Backends: ``edge`` (EdgeUserStore in DATA_DIR/users), ``server`` (ServerUserStor
 ``QdrantClient(":memory:")``) and ``server-url`` (a real Qdrant server, only when
 ``QDRANT_URL`` is set). A user is one point: named vectors and an opaque JSON
 payload; erasing it must leave nothing of it in the collection. The edge-only
-tests at the end cover the folder lock and living beside the items' data dir.
+tests at the end cover the folder lock, living beside the items' data dir, and
+erasure on disk: after a delete no file in the users folder holds the user's bytes
+(no qdrant WAL, a vacuumed segment, an emptied journal), also after a crash and
+for a users shard made with a WAL by an earlier mmrec.
 """
 
 from __future__ import annotations
@@ -23,7 +26,16 @@ from typing import Any
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
-from qdrant_edge import EdgeShard, ScrollRequest
+from qdrant_edge import (
+    Distance,
+    EdgeConfig,
+    EdgeOptimizersConfig,
+    EdgeShard,
+    EdgeVectorParams,
+    Point,
+    ScrollRequest,
+    UpdateOperation,
+)
 
 from engine.config import StoreSettings
 from engine.errors import FailedPrecondition, InvalidInput, SchemaMismatch, Unavailable
@@ -33,8 +45,11 @@ from engine.store import (
     ServerUserStore,
     UserRecord,
     UserStore,
+    edge_users,
     open_user_store,
 )
+from engine.store.edge_shard import create_payload_indexes
+from engine.store.users import USER_KEYS, user_point_id
 from tests.store_fixtures import QDRANT_WARNINGS, SCHEMA, TENANT, at, item
 
 pytestmark = QDRANT_WARNINGS
@@ -350,3 +365,162 @@ def test_concurrent_calls_from_a_thread_pool(tmp_path: Path) -> None:
         with ThreadPoolExecutor(max_workers=4) as pool:
             assert list(pool.map(worker, range(4))) == [40] * 4
         assert store.count(TENANT) == 4 * 30
+
+
+# -- erasure on disk (edge) --------------------------------------------------------------------
+
+
+def files_holding(folder: Path, needle: str) -> list[str]:
+    """The files under ``folder`` whose bytes contain ``needle`` (UTF-8), relative paths."""
+    data = needle.encode()
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*")
+                  if path.is_file() and data in path.read_bytes())
+
+
+def point_id_traces(folder: Path, tenant: str, user_id: str) -> list[str]:
+    """The files holding the user's point id, as text or as the 16 bytes of the UUID."""
+    point = user_point_id(tenant, user_id)
+    raw = uuid.UUID(point).bytes
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*")
+                  if path.is_file() and (raw in path.read_bytes()
+                                         or point.encode() in path.read_bytes()))
+
+
+def traced_user(user_id: str, version: int = 0) -> UserRecord:
+    """A user whose id and event item ids occur nowhere else (``version`` varies the items)."""
+    events = [[f"{user_id}-item-{version}-{k}", "view", 0.0, 1.7e9 + k] for k in range(20)]
+    return user(user_id, profile=float(len(user_id)), events=events,
+                seen=[item for item, *_ in events])
+
+
+def test_delete_leaves_no_byte_of_the_user_in_any_file(tmp_path: Path) -> None:
+    folder = tmp_path / "users"
+    names = [f"zq-user-{n}-7f3a" for n in range(4)]
+    with EdgeUserStore(folder, DIMS) as store:
+        for name in names:
+            store.put(traced_user(name))
+        store.put(traced_user(names[2], version=1))   # its older payload stays as free blocks
+        store.flush()
+        assert files_holding(folder, names[2]) and files_holding(folder, f"{names[2]}-item-0-")
+
+        assert store.delete(names[2], tenant=TENANT) is True
+
+        assert list(folder.glob("shard-*/wal")) == []          # no qdrant WAL to keep them
+        for needle in (names[2], f"{names[2]}-item-0-", f"{names[2]}-item-1-"):
+            assert files_holding(folder, needle) == [], needle
+        assert point_id_traces(folder, TENANT, names[2]) == []
+        assert files_holding(folder, names[3]) and files_holding(folder, f"{names[3]}-item-0-")
+        assert store.count() == 3
+        store.put(traced_user("after-the-erasure"))
+    with EdgeUserStore(folder, DIMS) as again:
+        assert again.get(names[2], tenant=TENANT) is None
+        for name in [*names[:2], *names[3:], "after-the-erasure"]:
+            same(again.get(name, tenant=TENANT), traced_user(name))
+        assert again.count() == 4
+        assert again.delete("after-the-erasure", tenant=TENANT) is True
+        assert again.delete(names[0], tenant=TENANT) is True
+    for needle in ("after-the-erasure", names[0], names[2]):
+        assert files_holding(folder, needle) == [], needle
+    with EdgeUserStore(folder, DIMS) as last:
+        assert sorted(r.user_id for r in last.users()) == [names[1], *names[3:]]
+        for name in sorted(r.user_id for r in last.users()):
+            assert last.delete(name, tenant=TENANT) is True   # down to an empty shard
+        assert last.count() == 0
+    assert files_holding(folder, "zq-user-") == []
+
+
+def test_writes_since_the_last_flush_survive_a_crash_and_erase_after_it(tmp_path: Path) -> None:
+    folder = tmp_path / "users"
+    with EdgeUserStore(folder, DIMS) as store:
+        store.put(traced_user("flushed-before"))
+    crash = (
+        "import os, sys; from pathlib import Path\n"
+        "from engine.store import EdgeUserStore\n"
+        "from tests.test_user_store_contract import DIMS, traced_user\n"
+        "store = EdgeUserStore(Path(sys.argv[1]), DIMS)\n"
+        "store.put(traced_user('crash-kept'))\n"
+        "store.put(traced_user('crash-gone'))\n"
+        "store.put(traced_user('flushed-before', version=1))\n"
+        "os._exit(0)  # no flush, no close: the journal holds these writes\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", crash, str(folder)], capture_output=True, text=True,
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (folder / edge_users.JOURNAL_NAME).stat().st_size > 0
+    with EdgeUserStore(folder, DIMS) as store:
+        assert (folder / edge_users.JOURNAL_NAME).stat().st_size == 0   # replayed and flushed
+        same(store.get("crash-kept", tenant=TENANT), traced_user("crash-kept"))
+        same(store.get("flushed-before", tenant=TENANT), traced_user("flushed-before", 1))
+        assert store.delete("crash-gone", tenant=TENANT) is True
+        assert files_holding(folder, "crash-gone") == []
+        assert files_holding(folder, "crash-kept")
+
+
+def test_the_journal_is_emptied_by_flushes(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(edge_users, "JOURNAL_CHECKPOINT_BYTES", 1000)
+    journal = tmp_path / edge_users.JOURNAL_NAME
+    with EdgeUserStore(tmp_path, DIMS) as store:
+        store.put(user("a"))
+        assert 0 < journal.stat().st_size < 1000
+        store.put(traced_user("big"))                 # past the threshold: a checkpoint
+        assert journal.stat().st_size == 0
+        store.put(user("b"))
+        store.flush()
+        assert journal.stat().st_size == 0
+        store.put(user("c"))
+    assert journal.stat().st_size == 0                # close flushes too
+
+
+def test_a_torn_journal_replays_what_precedes_the_tear(tmp_path: Path) -> None:
+    journal = edge_users.Journal(tmp_path / "journal.jsonl")
+    journal.append({"op": "put", "id": "x", "vectors": {}, "payload": {"n": 1}})
+    journal.append({"op": "delete", "id": "x"})
+    journal.close()
+    with (tmp_path / "journal.jsonl").open("ab") as handle:
+        handle.write(b'{"op":"put","id":"y","vec')
+    assert [e["op"] for e in edge_users.Journal(tmp_path / "journal.jsonl").entries()] == [
+        "put", "delete"]
+    (tmp_path / "journal.jsonl").write_bytes(b'{"op":"delete","id":"a"}\nnot json\n'
+                                             b'{"op":"delete","id":"b"}\n')
+    assert edge_users.Journal(tmp_path / "journal.jsonl").entries() == [
+        {"op": "delete", "id": "a"}]
+
+
+def test_a_users_shard_with_a_wal_moves_to_one_without(tmp_path: Path) -> None:
+    """A users folder as the first mmrec with users wrote it: its WAL keeps deleted users."""
+    folder = tmp_path / "users"
+    old = folder / "shard-000001"
+    shard = EdgeShard.create(str(old), EdgeConfig(
+        vectors={name: EdgeVectorParams(size=size, distance=Distance.Cosine)
+                 for name, size in DIMS.items()},
+        optimizers=EdgeOptimizersConfig(indexing_threshold=0),
+    ))
+    create_payload_indexes(shard, USER_KEYS)
+    for name in ("wal-kept", "wal-gone", "wal-novector"):
+        record = traced_user(name) if name != "wal-novector" else user(name, profile=None)
+        vectors = {key: (value / np.linalg.norm(value)).tolist()
+                   for key, value in record.vectors.items()}
+        shard.update(UpdateOperation.upsert_points([Point(
+            user_point_id(TENANT, name), vectors,
+            {**record.payload, "tenant": TENANT, "user_id": name})]))
+    shard.update(UpdateOperation.delete_points([user_point_id(TENANT, "wal-gone")]))
+    shard.flush()
+    shard.close()
+    (folder / "manifest.json").write_text(json.dumps(
+        {"format": 1, "dims": DIMS, "current": old.name}), encoding="utf-8")
+    assert "wal/" in " ".join(files_holding(folder, "wal-gone"))   # what the move is for
+
+    with EdgeUserStore(folder, DIMS) as store:
+        assert "shard-000002" in store.description
+        same(store.get("wal-kept", tenant=TENANT), traced_user("wal-kept"))
+        same(store.get("wal-novector", tenant=TENANT), user("wal-novector", profile=None))
+        assert store.get("wal-gone", tenant=TENANT) is None and store.count() == 2
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".lock", edge_users.JOURNAL_NAME, "manifest.json", "shard-000002"]
+    assert not (folder / "shard-000002" / "wal").exists()
+    assert files_holding(folder, "wal-gone") == []
+    with EdgeUserStore(folder, DIMS) as again:          # opens as it is from now on
+        assert "shard-000002" in again.description and again.count() == 2

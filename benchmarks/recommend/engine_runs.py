@@ -6,7 +6,8 @@ interaction goes through ``Engine.record_events`` (the same path as the
 RecordEvents RPC) with its real timestamp, and each user's list comes from
 ``Engine.recommend`` with the seen items excluded by the engine, which is the
 protocol's history masking. Moving from the validation to the test stage is one
-more live event per user (the validation item).
+more live event per user (the validation item); the co-occurrence channel is
+fitted on what each stage may see.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from benchmarks.recommend.protocol import Split, Stage
+from engine.collaborative import CooccurrenceModel
 from engine.config import EngineConfig
 from engine.pipeline import Engine, ItemInput
 from engine.recommend import RecommendRequest
@@ -49,6 +51,7 @@ class EngineHarness:
         self.stage: Stage = "valid"
         self._index_catalog()
         self._record(lambda u: (split.train[u], split.data.timestamps[u][:len(split.train[u])]))
+        self.fit_cooccurrence()
 
     def _index_catalog(self) -> None:
         """Every film of ml-100k.item (also those no kept user rated)."""
@@ -88,13 +91,19 @@ class EngineHarness:
         self.stage = "test"
         stamps = self.split.data.timestamps
         self._record(lambda u: ([self.split.valid[u]], [stamps[u][len(self.split.train[u])]]))
+        self.fit_cooccurrence()
 
-    def use_model(self, model: SequentialModel | None) -> None:
-        """Serve this seed's behaviour model (None: content channels only)."""
-        if model is not None:
-            self.engine.use_sequential(model, DEFAULT_TENANT)
-        else:
-            self.engine.sequential = self.engine.recommender.sequential = None
+    def use_model(self, model: SequentialModel) -> None:
+        """Serve this seed's behaviour model."""
+        self.engine.use_sequential(model, DEFAULT_TENANT)
+
+    def fit_cooccurrence(self) -> None:
+        """Fit and serve the co-occurrence channel on what the current stage may see."""
+        config = self.config.sequential
+        sequences = [[self.ids[i] for i in h] for h in self.split.history(self.stage)]
+        model = CooccurrenceModel.fit(sequences, dim=config.cooccurrence_dim,
+                                      decay=config.cooccurrence_decay)
+        self.engine.use_cooccurrence(model, DEFAULT_TENANT)
 
     def rankings(self, weights: Mapping[str, float], *, users: Sequence[int] | None = None,
                  top_k: int = 50, rerank: bool = False, budget_ms: int = 60_000,
