@@ -41,8 +41,8 @@ TEXT_QUERIES = [
     "musical instrument",
 ]
 DEMO_USER, VISITOR = "ml-user-1", "demo-visitor"
-DEMO_EPOCHS = 40
-"""SASRec epochs the demo trains (early stopping may end sooner); `mmrec train-seq` runs 200."""
+DEMO_EPOCHS = 15
+"""SASRec epochs the demo trains (about two minutes on 2 cores); `mmrec train-seq` runs more."""
 IMAGE_QUERIES = ["animals/mammals/dogs/dog.png", "vehicles/emergency/firetruck.png",
                  "hobbies/music/string/guitar_classical.png"]
 

@@ -173,6 +173,22 @@ def test_delete_user_erases_everything(stores: Stores) -> None:
     assert (again.events, again.seen, again.profile, again.cache_entries) == (0, 0, False, 0)
 
 
+def test_delete_user_leaves_no_trace_in_the_users_files(stores: Stores) -> None:
+    stores.book.record([event("erase-me-7f3q", "i0"), event("erase-me-7f3q", "i1", "like"),
+                        event("stay-9k2w", "i2")])
+    stores.book.record([event("erase-me-7f3q", "i3", ts=2)])   # a second version of the user
+
+    stores.book.delete("erase-me-7f3q", tenant="default")
+
+    files = [p for p in (stores.root / "users").rglob("*") if p.is_file()]
+    assert not [p for p in files if b"erase-me-7f3q" in p.read_bytes()]
+    assert [p for p in files if b"stay-9k2w" in p.read_bytes()]
+    stores.close()
+    stores.open()
+    assert stores.book.get("erase-me-7f3q", tenant="default") is None
+    kept = stores.book.get("stay-9k2w", tenant="default")
+    assert kept is not None and kept.seen == ("i2",)
+
 def test_record_layout_round_trips() -> None:
     profile = UserProfile(tenant="t", user_id="u", events=(Event("u", "x", "view", 0.0, 5.0, "t"),),
                           seen=("x",), vector=np.array([3.0, 4.0, 0.0, 0.0], np.float32),

@@ -202,3 +202,34 @@ def test_cooccurrence_channel_ranks_like_recency_weighted_item_knn(engine: Engin
               weights={"behaviour": 0.0, "cooccurrence": 1.0, "fused": 0.0})
     assert got == expected
     assert engine.info().channels[-1].name == "cooccurrence" and engine.info().channels[-1].enabled
+
+
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+@pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning")
+def test_server_store_gives_the_same_recommendations(engine: Engine) -> None:
+    """The same items, events and requests on a Qdrant-server store (local mode) and on
+    the embedded one give the same lists."""
+    from qdrant_client import QdrantClient
+
+    from engine.store import ServerStore, ServerUserStore
+
+    history = events("u", "m0", "m5") + events("u", "m8", kind="dislike", start=5)
+    engine.record_events(history)
+    requests = [dict(user_id="u"), dict(user_id="u", strategy="best_score"),
+                dict(user_id="u", strategy="sum_scores"), dict(positive_ids=("m3",))]
+    edge = [ask(engine, top_k=4, **r) for r in requests]  # type: ignore[arg-type]
+    client = QdrantClient(":memory:")
+    items = ServerStore(client, engine.schema, collection="items")
+    items.upsert(engine.encode_items([ItemInput(ItemRecord(id=i, title=t, attributes={"n": k}))
+                                      for k, (i, t) in enumerate(zip(IDS, TITLES, strict=True))]))
+    users = ServerUserStore(client, {"profile": engine.fuser.dim}, collection="items_users")
+    edge_items = engine.store
+    engine.store, engine.profiles.users = items, users
+    engine.profiles._cache.clear()
+    try:
+        engine.record_events(history)
+        server = [ask(engine, top_k=4, **r) for r in requests]  # type: ignore[arg-type]
+        assert server == edge
+        assert users.get("u", tenant=TENANT) is not None
+    finally:
+        engine.store, engine.profiles.users = edge_items, engine.users

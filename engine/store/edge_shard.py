@@ -66,7 +66,8 @@ def load_shard(path: Path, root: Path) -> EdgeShard:
     """Load the shard at ``path`` of data dir ``root``; ``FailedPrecondition`` if it cannot.
 
     qdrant-edge locks a shard's WAL: a shard another process holds fails to load
-    with ``WouldBlock``, reported as the data dir being in use.
+    with ``WouldBlock``, reported as the data dir being in use. A shard without a
+    WAL (the users shard) has no such lock; the data dir's flock keeps others out.
     """
     try:
         return EdgeShard.load(str(path))
