@@ -71,14 +71,15 @@ def train_seed(split: Split, seed: int, epochs: int) -> SequentialModel:
     ids = [item_id(raw) for raw in split.data.item_ids]
     sequences = [[ids[i] for i in s] for s in split.train]
     targets = [ids[i] for i in split.valid]
-    settings = SequentialSettings(seed=seed, epochs=epochs, batch_size=64, lr=0.002, patience=15)
+    settings = SequentialSettings(seed=seed, epochs=epochs, batch_size=64, lr=0.002, patience=15,
+                                  dropout=0.5)
     return train_sequential(sequences, settings, valid_targets=targets, progress=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=100, help="Most SASRec epochs.")
+    parser.add_argument("--epochs", type=int, default=80, help="Most SASRec epochs.")
     parser.add_argument("--llm-users", type=int, default=100,
                         help="Users whose lists the LLM re-ranks (0: skip the LLM row).")
     parser.add_argument("--llm-seeds", type=int, default=1,

@@ -357,14 +357,14 @@ def test_concurrent_calls_from_a_thread_pool(tmp_path: Path) -> None:
             for n in range(40):
                 store.put(user(f"w{w}-{n}", profile=float(n)))
                 found += store.get(f"w{w}-{n}", tenant=TENANT) is not None
-                if n % 4 == 0:
+                if n % 20 == 0:  # each delete vacuums the shard (~0.5 s): keep them few
                     assert store.delete(f"w{w}-{n}", tenant=TENANT) is True
                 found += sum(1 for _ in store.users("nobody"))
             return found
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             assert list(pool.map(worker, range(4))) == [40] * 4
-        assert store.count(TENANT) == 4 * 30
+        assert store.count(TENANT) == 4 * 38
 
 
 # -- erasure on disk (edge) --------------------------------------------------------------------

@@ -393,11 +393,13 @@ class EdgeUserStore(UserStore):
 
         ``optimize()`` rewrites each segment holding a deleted point from its live
         points (a segment left empty is replaced by a new one, though ``optimize``
-        then returns False), and the flush removes the old segment folders. Its
-        cost grows with the users in the segment: ~0.5-1.1 s for 1000 users of
-        512-d with 100 events each, ~2.1 s for 4000 (2-core dev VM, ext4), with
-        the GIL held all along (see FACTS.md), so a DeleteUser pauses the service
-        that long. Nothing else triggers it: puts leave no deleted points.
+        then returns False), and the flush removes the old segment folders. Measured
+        on the 2-core dev VM (ext4, shared): ~0.1-0.4 s even for a handful of users
+        (writing a new segment costs ~70 fsyncs and ~90 msyncs; ~0.1 s of it is CPU),
+        ~0.5-1.2 s for 1000 users of 512-d with 100 events each, ~2.1 s for 4000,
+        so ~0.5 ms per user beyond the fixed part. The GIL is held all along (see
+        FACTS.md): a DeleteUser pauses the service that long. Nothing else
+        triggers a vacuum: puts leave no deleted points.
         """
         self._erasure_pending = True
         shard.optimize()
@@ -437,7 +439,7 @@ class EdgeUserStore(UserStore):
         (user id, event item ids) or point id: the point is deleted, its segment
         vacuumed and flushed (the old segment folder removed), and the journal
         emptied; the shard has no qdrant WAL (see the module docstring). Costs one
-        vacuum of the user's segment, ~0.5-1.1 s at 1000 users (:meth:`_erase`),
+        vacuum of the user's segment, ~0.5-1.2 s at 1000 users (:meth:`_erase`),
         GIL held. A delete whose vacuum failed raises ``Unavailable``; the point is
         gone then but its bytes may not be, and the next ``delete`` (for any user,
         so a retry too) or open vacuums again.
