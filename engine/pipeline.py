@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -18,18 +17,23 @@ from engine import __version__
 from engine.collaborative import CooccurrenceModel
 from engine.config import EngineConfig
 from engine.encoders import (
-    ClipEncoder,
     LexicalEncoder,
     LexicalSettings,
-    TextEncoder,
     clip_embedding_dim,
-    create_clip_encoder,
     create_text_encoder,
     resolve_device,
 )
 from engine.errors import InvalidInput, ModelUnavailable
 from engine.explain import Explainer
 from engine.fusion import FUSED, VectorFuser, mix_clip
+from engine.models import (
+    Models,
+    load_clip,
+    load_cooccurrence,
+    load_llm_reranker,
+    load_sequential,
+    reason_writer,
+)
 from engine.profiles import ProfileBook, RecordOutcome
 from engine.query import SparseVector
 from engine.recommend import BEHAVIOUR, COOCCURRENCE, Recommender, RecommendRequest
@@ -65,22 +69,6 @@ class ItemInput:
 
     record: ItemRecord
     image: Image.Image | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Models:
-    """The loaded models and, for each optional one that is off, why."""
-
-    text: TextEncoder
-    clip: ClipEncoder | None
-    clip_status: ModelStatus
-    clip_dim: int | None
-    lexical: LexicalEncoder | None = None
-    reranker: object | None = None
-    reranker_status: ModelStatus | None = None
-    sequential: SequentialModel | None = None
-    sequential_status: ModelStatus | None = None
-    cooccurrence: CooccurrenceModel | None = None
 
 
 class Engine:
@@ -124,7 +112,7 @@ class Engine:
         encoder = QueryEncoder(text=models.text, clip=models.clip, lexical=models.lexical,
                                fuser=self.fuser, image_weight=config.clip.image_weight,
                                clip_off_reason=self.clip_status.reason or "CLIP is disabled")
-        reasons = _reason_writer(models.reranker)
+        reasons = reason_writer(models.reranker)
         off = models.reranker_status.reason if models.reranker_status else "re-ranking is off"
         explainer = Explainer(models.lexical, reasons)
         retriever = HybridRetriever(self._store, config.retrieval)
@@ -160,7 +148,7 @@ class Engine:
         """
         device = resolve_device(config.device)
         text_encoder = create_text_encoder(config.text_encoder, device)
-        clip_encoder, clip_status = _load_clip(config, device)
+        clip_encoder, clip_status = load_clip(config, device)
         try:
             clip_dim: int | None = (
                 clip_encoder.dim if clip_encoder else clip_embedding_dim(config.clip.model))
@@ -168,10 +156,10 @@ class Engine:
             clip_dim = None
         lexical = (LexicalEncoder(LexicalSettings(language=config.retrieval.lexical_language))
                    if config.retrieval.lexical else None)
-        reranker, reranker_status = (_load_reranker(config, device) if load_reranker
+        reranker, reranker_status = (load_llm_reranker(config, device) if load_reranker
                                      else (None, None))
-        sequential, sequential_status = _load_sequential(config, device)
-        cooccurrence = _load_cooccurrence(config)
+        sequential, sequential_status = load_sequential(config, device)
+        cooccurrence = load_cooccurrence(config)
         models = Models(text_encoder, clip_encoder, clip_status, clip_dim, lexical, reranker,
                         reranker_status, sequential, sequential_status, cooccurrence)
         return cls(config, models, store=store, device=device)
@@ -346,76 +334,3 @@ def _rows(mask: np.ndarray, values: Sequence, encode: Callable, dim: int) -> np.
     if len(idx):
         out[idx] = encode([values[i] for i in idx])
     return out
-
-
-def _load_clip(config: EngineConfig, device: str) -> tuple[ClipEncoder | None, ModelStatus]:
-    """The CLIP encoder, or None with the reason it is off (logged once, plainly)."""
-    wanted = f"open_clip {config.clip.model} {config.clip.pretrained or ''}".strip()
-    if not config.clip.enabled:
-        log.warning("CLIP channel off: disabled in the configuration (clip.enabled = false)")
-        return None, ModelStatus(CLIP, wanted, False, "disabled in the configuration")
-    try:
-        encoder = create_clip_encoder(config.clip, device)
-    except ModelUnavailable as exc:
-        log.warning("CLIP channel off: %s Text search works; image search is refused.",
-                    str(exc).rstrip(".") + ".")
-        return None, ModelStatus(CLIP, wanted, False, str(exc))
-    return encoder, ModelStatus(CLIP, encoder.name, True)
-
-
-def _load_reranker(config: EngineConfig, device: str) -> tuple[object | None, ModelStatus]:
-    """The LLM re-ranker, or None with the reason it is off (logged once)."""
-    from engine.rerank import LlmReranker, RerankerSpec
-
-    settings = config.rerank
-    if not settings.model:
-        log.info("LLM re-ranking off: no rerank.model configured")
-        return None, ModelStatus("llm", "", False, "no rerank.model configured")
-    try:
-        spec = RerankerSpec.from_settings(settings, data_dir=Path(config.store.data_dir),
-                                          device=device)
-        reranker = LlmReranker.from_spec(spec)
-    except ModelUnavailable as exc:
-        log.warning("LLM re-ranking off: %s", exc)
-        return None, ModelStatus("llm", settings.model, False, str(exc))
-    return reranker, ModelStatus("llm", reranker.name, True)
-
-
-def _load_sequential(config: EngineConfig, device: str
-                     ) -> tuple[SequentialModel | None, ModelStatus | None]:
-    """The trained behaviour model when one is saved; the engine works without it."""
-    if not config.sequential.enabled:
-        return None, ModelStatus(BEHAVIOUR, "", False, "disabled in the configuration")
-    folder = config.sequential_path()
-    if not folder.exists():
-        return None, ModelStatus(BEHAVIOUR, "", False,
-                                 f"no model trained yet ({folder}); run mmrec train-seq")
-    try:
-        model = SequentialModel.load(folder, device=device)
-    except ModelUnavailable as exc:
-        log.warning("behaviour channel off: %s", exc)
-        return None, ModelStatus(BEHAVIOUR, str(folder), False, str(exc))
-    return model, ModelStatus(BEHAVIOUR, f"SASRec at {folder}", True)
-
-
-def _load_cooccurrence(config: EngineConfig) -> CooccurrenceModel | None:
-    """The saved co-occurrence embeddings, when ``mmrec train-seq`` wrote them."""
-    if not (config.sequential.enabled and config.sequential.cooccurrence_dim):
-        return None
-    folder = config.sequential_path()
-    if not (folder / "cooccurrence.json").exists():
-        return None
-    try:
-        return CooccurrenceModel.load(folder)
-    except ModelUnavailable as exc:
-        log.warning("co-occurrence channel off: %s", exc)
-        return None
-
-
-def _reason_writer(reranker: object | None) -> Callable[[str, str, float], str | None] | None:
-    """Reasons are written by the re-ranker's model, when there is one."""
-    if reranker is None:
-        return None
-    from engine.rerank import ReasonWriter
-
-    return ReasonWriter(reranker.model, reranker.tokenizer)  # type: ignore[attr-defined]
