@@ -27,14 +27,8 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 from qdrant_edge import (
-    Distance,
-    EdgeConfig,
-    EdgeOptimizersConfig,
     EdgeShard,
-    EdgeVectorParams,
-    Point,
     ScrollRequest,
-    UpdateOperation,
 )
 
 from engine.config import StoreSettings
@@ -48,8 +42,7 @@ from engine.store import (
     edge_users,
     open_user_store,
 )
-from engine.store.edge_shard import create_payload_indexes
-from engine.store.users import USER_KEYS, user_point_id
+from engine.store.users import user_point_id
 from tests.store_fixtures import QDRANT_WARNINGS, SCHEMA, TENANT, at, item
 
 pytestmark = QDRANT_WARNINGS
@@ -487,40 +480,3 @@ def test_a_torn_journal_replays_what_precedes_the_tear(tmp_path: Path) -> None:
                                              b'{"op":"delete","id":"b"}\n')
     assert edge_users.Journal(tmp_path / "journal.jsonl").entries() == [
         {"op": "delete", "id": "a"}]
-
-
-def test_a_users_shard_with_a_wal_moves_to_one_without(tmp_path: Path) -> None:
-    """A users folder as the first mmrec with users wrote it: its WAL keeps deleted users."""
-    folder = tmp_path / "users"
-    old = folder / "shard-000001"
-    shard = EdgeShard.create(str(old), EdgeConfig(
-        vectors={name: EdgeVectorParams(size=size, distance=Distance.Cosine)
-                 for name, size in DIMS.items()},
-        optimizers=EdgeOptimizersConfig(indexing_threshold=0),
-    ))
-    create_payload_indexes(shard, USER_KEYS)
-    for name in ("wal-kept", "wal-gone", "wal-novector"):
-        record = traced_user(name) if name != "wal-novector" else user(name, profile=None)
-        vectors = {key: (value / np.linalg.norm(value)).tolist()
-                   for key, value in record.vectors.items()}
-        shard.update(UpdateOperation.upsert_points([Point(
-            user_point_id(TENANT, name), vectors,
-            {**record.payload, "tenant": TENANT, "user_id": name})]))
-    shard.update(UpdateOperation.delete_points([user_point_id(TENANT, "wal-gone")]))
-    shard.flush()
-    shard.close()
-    (folder / "manifest.json").write_text(json.dumps(
-        {"format": 1, "dims": DIMS, "current": old.name}), encoding="utf-8")
-    assert "wal/" in " ".join(files_holding(folder, "wal-gone"))   # what the move is for
-
-    with EdgeUserStore(folder, DIMS) as store:
-        assert "shard-000002" in store.description
-        same(store.get("wal-kept", tenant=TENANT), traced_user("wal-kept"))
-        same(store.get("wal-novector", tenant=TENANT), user("wal-novector", profile=None))
-        assert store.get("wal-gone", tenant=TENANT) is None and store.count() == 2
-    assert sorted(p.name for p in folder.iterdir()) == [
-        ".lock", edge_users.JOURNAL_NAME, "manifest.json", "shard-000002"]
-    assert not (folder / "shard-000002" / "wal").exists()
-    assert files_holding(folder, "wal-gone") == []
-    with EdgeUserStore(folder, DIMS) as again:          # opens as it is from now on
-        assert "shard-000002" in again.description and again.count() == 2

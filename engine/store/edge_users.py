@@ -33,10 +33,6 @@ after a plain point delete, so the store avoids both:
   rewrites it from the live points, and the following flush removes the old
   segment folder.
 
-Shards created by an earlier mmrec (with a WAL) are copied into a new WAL-less
-shard version when they open (a scroll and upsert of every user, then the
-manifest switch; the old version, WAL included, is removed).
-
 "Erased" means at the file level: the freed disk blocks are not overwritten, so
 a forensic read of the raw device may still find them (use disk encryption).
 """
@@ -44,14 +40,10 @@ a forensic read of the raw device may still find them (use disk encryption).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import shutil
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from qdrant_edge import (
     CountRequest,
@@ -76,6 +68,7 @@ from engine.store.edge_shard import (
     load_shard,
 )
 from engine.store.filters import edge_tenant_filter
+from engine.store.user_journal import Journal, replay
 from engine.store.users import (
     USER_KEYS,
     USER_SCROLL_PAGE,
@@ -101,85 +94,6 @@ ERASING_OPTIMIZERS = EdgeOptimizersConfig(
     indexing_threshold=0, deleted_threshold=0.0, vacuum_min_vector_number=1
 )
 """No vector index; vacuum every segment that holds a deleted point when ``optimize()`` runs."""
-
-
-class Journal:
-    """The users' write-ahead log: one JSON line per put or delete since the last flush.
-
-    qdrant-edge's WAL cannot be emptied on demand; this one is truncated (and the
-    truncation fsynced) whenever the shard has been flushed, so it never holds a
-    deleted user after :meth:`EdgeUserStore.delete`. Lines are written with one
-    ``write`` each and not fsynced: an acknowledged write survives a crash of the
-    process (the line is in the OS page cache), and power loss once the next
-    flush ran, the same guarantee as qdrant's WAL, which does not fsync per write
-    either. Entries are whole-user upserts and deletes, so replaying a journal
-    over a shard that already holds some of them gives the same users.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        self.size = os.fstat(self._fd).st_size
-
-    def entries(self) -> list[dict[str, Any]]:
-        """The entries to replay, oldest first; stops at a torn or garbled line (logged)."""
-        lines = self.path.read_bytes().split(b"\n")
-        found: list[dict[str, Any]] = []
-        for number, line in enumerate(lines[:-1], start=1):
-            try:
-                entry = json.loads(line)
-                if not isinstance(entry, dict) or entry.get("op") not in ("put", "delete"):
-                    raise ValueError("not a journal entry")
-            except ValueError as exc:
-                logger.warning("users journal %s: line %d is unreadable (%s); replaying the "
-                               "%d entries before it", self.path, number, exc, len(found))
-                return found
-            found.append(entry)
-        if lines[-1]:
-            logger.warning("users journal %s ends in a torn line (a crash while writing an "
-                           "unacknowledged write); ignoring it", self.path)
-        return found
-
-    def append(self, entry: Mapping[str, Any]) -> None:
-        """Add one entry (a single ``write``, so a crash leaves at most a torn last line)."""
-        line = json.dumps(entry, separators=(",", ":"), allow_nan=False).encode() + b"\n"
-        data = memoryview(line)
-        while data:
-            data = data[os.write(self._descriptor(), data):]
-        self.size += len(line)
-
-    def clear(self) -> None:
-        """Empty the journal for good (the shard holds every entry now)."""
-        fd = self._descriptor()
-        os.ftruncate(fd, 0)
-        os.fsync(fd)
-        self.size = 0
-
-    def close(self) -> None:
-        """Close the file (idempotent); its content stays for the next open to replay."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _descriptor(self) -> int:
-        if self._fd is None:
-            raise ValueError(f"the users journal {self.path} is closed")
-        return self._fd
-
-
-def replay(shard: EdgeShard, entries: list[dict[str, Any]]) -> None:
-    """Apply journal entries to the shard in order."""
-    for entry in entries:
-        if entry["op"] == "put":
-            point = Point(entry["id"], dict(entry["vectors"]), dict(entry["payload"]))
-            shard.update(UpdateOperation.upsert_points([point]))
-        else:
-            shard.update(UpdateOperation.delete_points([entry["id"]]))
-
-
-def has_wal(path: Path) -> bool:
-    """Whether the shard at ``path`` writes a qdrant WAL (made by mmrec before erasure)."""
-    return (path / "wal").exists()
 
 
 class EdgeUserStore(UserStore):
@@ -297,7 +211,7 @@ class EdgeUserStore(UserStore):
         return shard, path
 
     def _recover(self) -> None:
-        """Replay what the journal holds, leave a WAL behind, finish an interrupted erasure.
+        """Replay what the journal holds and finish an interrupted erasure.
 
         A journal that is not empty means the last run did not flush (a crash, or a
         delete whose vacuum failed): its entries are replayed, then the shard is
@@ -308,57 +222,9 @@ class EdgeUserStore(UserStore):
             replay(self._shard, entries)
         if entries:
             logger.info("replayed %d users journal entries into %s", len(entries), self._path)
-        if has_wal(self._path):
-            self._drop_wal()
         if entries or self._journal.size:
             with backend_errors(f"vacuum the users shard {self._path}"):
                 self._erase(self._shard)
-
-    def _drop_wal(self) -> None:
-        """Copy every user into a new WAL-less shard version, switch to it, remove the old.
-
-        The old version's WAL holds the bytes of users deleted before, and a shard's
-        WAL setting is fixed at creation. The copy is a scroll and an upsert per
-        page (small: users only); the manifest switch is atomic, so a crash leaves
-        either the old shard (copied again next time) or the new one (the old is
-        removed as stale). A failure leaves the old shard in place and fails the open.
-        """
-        old, old_path = self._shard, self._path
-        path = self._dir.next_version(old_path)
-        if path.exists():
-            shutil.rmtree(path)
-        with backend_errors(f"copy the users shard {old_path} to a WAL-less {path.name}"):
-            new = self._new_shard(path)
-            try:
-                offset = None
-                while True:
-                    page, offset = old.scroll(ScrollRequest(
-                        offset=offset, limit=USER_SCROLL_PAGE, with_payload=True,
-                        with_vector=True,
-                    ))
-                    points = [Point(p.id, dict(p.vector or {}), dict(p.payload or {}))
-                              for p in page]
-                    if points:
-                        new.update(UpdateOperation.upsert_points(points))
-                    if offset is None:
-                        break
-                new.flush()
-                want, got = (int(s.count(CountRequest(exact=True))) for s in (old, new))
-                if want != got:
-                    raise FailedPrecondition(
-                        f"copying the users shard {old_path} gave {got} users of {want}; "
-                        f"it is left as it is"
-                    )
-            except BaseException:
-                new.close()
-                shutil.rmtree(path, ignore_errors=True)
-                raise
-        self._write_manifest(path)
-        self._shard, self._path = new, path
-        old.close()
-        self._dir.remove_stale(keep=path)
-        logger.info("moved the users (%d) from %s, which had a WAL, to %s: deleted users' "
-                    "bytes are gone from disk from now on", got, old_path.name, path.name)
 
     # -- reading and writing -------------------------------------------------------------------
 
