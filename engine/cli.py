@@ -14,11 +14,11 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from engine.config import EngineConfig
-from engine.types import EngineInfo
+from engine.types import EngineInfo, RecommendResult
 from indexers.datasets import DATASETS
 
 if TYPE_CHECKING:
-    from engine.client import RecommendReply, SearchReply
+    from engine.client import SearchReply
     from engine.explain import Explanation
     from indexers.pipeline import JobSummary
 
@@ -234,7 +234,7 @@ def demo(
     sys.exit(run_demo(cfg, datasets=datasets, port=port, config_file=config))
 
 
-def print_reply(out: Console, label: str, reply: SearchReply | RecommendReply) -> None:
+def print_reply(out: Console, label: str, reply: SearchReply | RecommendResult) -> None:
     """A readable table of search or recommend results, with the reasons when asked for."""
     how = f"channels: {', '.join(reply.channels)}; {reply.fusion}"
     if getattr(reply, "cold_start", False):

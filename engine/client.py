@@ -22,7 +22,7 @@ from engine import convert
 from engine.explain import Explanation
 from engine.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
-from engine.types import EngineInfo, Event, ItemRecord, SearchHit
+from engine.types import EngineInfo, Event, ItemRecord, RecommendResult, SearchHit
 
 SERVICE_NAME = "mmrec.v1.Recommender"
 
@@ -54,20 +54,6 @@ class EventReport:
     recorded: int
     users_updated: int
     rejected: list[tuple[int, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class RecommendReply:
-    """Recommended items best first and how they were found."""
-
-    hits: list[SearchHit]
-    channels: list[str]
-    fusion: str
-    strategy: str
-    cold_start: bool
-    reranked: int = 0
-    budget_exhausted: bool = False
-    explanations: list[Explanation] | None = None
 
 
 class MmrecClient:
@@ -161,7 +147,7 @@ class MmrecClient:
                   context: str = "", include_seen: bool = False, rerank: bool | None = None,
                   explain: bool = False, strategy: str = "", diversity: float | None = None,
                   weights: dict[str, float] | None = None,
-                  filter: pb.Filter | None = None) -> RecommendReply:
+                  filter: pb.Filter | None = None) -> RecommendResult:
         """Recommendations for a user and/or example items (see RecommendRequest)."""
         request = pb.RecommendRequest(
             user_id=user_id, top_k=top_k, tenant=tenant, positive_ids=list(positive_ids),
@@ -175,7 +161,7 @@ class MmrecClient:
         if weights:
             request.hybrid.channel_weights.update(weights)
         response = self._stub.Recommend(request, timeout=self.timeout)
-        return RecommendReply(hits=convert.hits_from_response(response),
+        return RecommendResult(hits=convert.hits_from_response(response),
                               channels=list(response.channels), fusion=response.fusion,
                               strategy=response.strategy, cold_start=response.cold_start,
                               reranked=response.reranked,

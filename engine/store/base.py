@@ -16,13 +16,13 @@ import abc
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from engine.errors import InvalidInput
 from engine.query import ChannelQuery, FusedHit, HybridQuery, ItemFilter, SparseVector
+from engine.store.lifecycle import StoreLifecycle
 from engine.store.schema import (
     SparseValues,
     VectorSchema,
@@ -252,7 +252,7 @@ def unique_in_order(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(str(item_id) for item_id in ids))
 
 
-class VectorStore(abc.ABC):
+class VectorStore(StoreLifecycle):
     """Where items and their named vectors live; one tenant-aware interface for all backends.
 
     Point ids are the deterministic ``ItemRecord.point_id`` (uuid5 of tenant and
@@ -341,30 +341,3 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def optimize(self, *, wait: bool = False) -> None:
         """Build search indexes (HNSW); with ``wait`` block until they are in use."""
-
-    @abc.abstractmethod
-    def flush(self) -> None:
-        """Make every acknowledged write durable on disk."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Release the store (files, locks, connections); calling it again does nothing."""
-
-    @property
-    @abc.abstractmethod
-    def description(self) -> str:
-        """One line saying what backs this store, for ``mmrec info``."""
-
-    def __enter__(self) -> Self:
-        """Use the store in a ``with`` block that closes it."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the store when the ``with`` block ends."""
-        self.close()
-

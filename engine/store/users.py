@@ -20,12 +20,12 @@ import abc
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from engine.errors import InvalidInput
+from engine.store.lifecycle import StoreLifecycle
 from engine.store.schema import VectorSchema, vector_values
 from engine.types import point_id
 
@@ -144,7 +144,7 @@ def dims_differences(stored: Mapping[str, int], wanted: Mapping[str, int]) -> li
     return found
 
 
-class UserStore(abc.ABC):
+class UserStore(StoreLifecycle):
     """Where users live: one point per (tenant, user id), fetched by id, never searched.
 
     Everything returned is a :class:`UserRecord`; errors are ``engine.errors``
@@ -179,29 +179,3 @@ class UserStore(abc.ABC):
     @abc.abstractmethod
     def count(self, tenant: str | None = None) -> int:
         """How many users the store holds, in all or for one tenant."""
-
-    @abc.abstractmethod
-    def flush(self) -> None:
-        """Make every acknowledged write durable on disk."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Release the store (files, locks, connections); calling it again does nothing."""
-
-    @property
-    @abc.abstractmethod
-    def description(self) -> str:
-        """One line saying what backs this store, for ``mmrec info``."""
-
-    def __enter__(self) -> Self:
-        """Use the store in a ``with`` block that closes it."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the store when the ``with`` block ends."""
-        self.close()
