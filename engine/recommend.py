@@ -334,28 +334,37 @@ class Recommender:
 
     def _explain(self, items: list[RankedItem], examples: Examples, request: RecommendRequest,
                  deadline: float) -> list[Explanation]:
-        """Channel standings, LLM score, and the history items closest to each result."""
+        """Channel standings, LLM score, and the history items behind each result.
+
+        With the co-occurrence channel the attribution is exact: its score is
+        ``sum_p w_p e_p . e_j``, so history item ``p`` contributed ``w_p e_p . e_j``.
+        Without it, the history items closest on the content vector (recency-weighted).
+        """
         explanations = self.explainer.explain(request.context, items, with_reason=False,
                                               deadline=deadline)
         history = examples.positives[-self.profiles.settings.recent:]
         if not history:
             return explanations
         ids = [i.hit.record.id for i in items]
-        found = self.retriever.store.vectors([*history, *ids], tenant=request.tenant,
-                                             using=self.settings.content_vector)
-        past = [h for h in history if h in found]
+        if self.cooccurrence is not None:
+            vectors = dict(zip(self.cooccurrence.item_ids, self.cooccurrence.embeddings,
+                               strict=True))
+            decay = self.cooccurrence.decay
+        else:
+            vectors = self.retriever.store.vectors([*history, *ids], tenant=request.tenant,
+                                                   using=self.settings.content_vector)
+            decay = self.profiles.weights.decay(0, 0)
+        past = [h for h in history if h in vectors]
         if not past:
             return explanations
-        past_vectors = np.stack([found[h] for h in past])
-        decay = self.profiles.weights.decay(0, 0)
+        past_vectors = np.stack([vectors[h] for h in past])
         recency = decay ** np.arange(len(past) - 1, -1, -1)
         out = []
         for item_id, explanation in zip(ids, explanations, strict=True):
-            if item_id not in found:
+            if item_id not in vectors:
                 out.append(explanation)
                 continue
-            influence = (past_vectors @ found[item_id]) * recency
+            influence = (past_vectors @ vectors[item_id]) * recency
             best = [past[j] for j in np.argsort(-influence)[:_BECAUSE_OF] if influence[j] > 0]
             out.append(replace(explanation, because_of=best))
         return out
-

@@ -202,6 +202,16 @@ def test_cooccurrence_channel_ranks_like_recency_weighted_item_knn(engine: Engin
               weights={"behaviour": 0.0, "cooccurrence": 1.0, "fused": 0.0})
     assert got == expected
     assert engine.info().channels[-1].name == "cooccurrence" and engine.info().channels[-1].enabled
+    result = engine.recommend(RecommendRequest(
+        tenant=TENANT, user_id="u", top_k=3, explain=True,
+        weights={"behaviour": 0.0, "cooccurrence": 1.0, "fused": 0.0}))
+    assert result.explanations is not None
+    vector = dict(zip(model.item_ids, model.embeddings, strict=True))
+    for hit, why in zip(result.hits, result.explanations, strict=True):
+        share = {"m2": float(vector["m2"] @ vector[hit.record.id]),          # newest: weight 1
+                 "m7": 0.5 * float(vector["m7"] @ vector[hit.record.id])}    # one older: 0.5
+        assert why.because_of == sorted((h for h in share if share[h] > 0),
+                                        key=lambda h: -share[h])
 
 
 @pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
