@@ -146,13 +146,14 @@ class MmrecClient:
                   positive_ids: Sequence[str] = (), negative_ids: Sequence[str] = (),
                   context: str = "", include_seen: bool = False, rerank: bool | None = None,
                   explain: bool = False, strategy: str = "", diversity: float | None = None,
+                  budget_ms: int = 0,
                   weights: dict[str, float] | None = None,
                   filter: pb.Filter | None = None) -> RecommendResult:
         """Recommendations for a user and/or example items (see RecommendRequest)."""
         request = pb.RecommendRequest(
             user_id=user_id, top_k=top_k, tenant=tenant, positive_ids=list(positive_ids),
             negative_ids=list(negative_ids), context=context, include_seen=include_seen,
-            explain=explain, filter=filter,
+            explain=explain, filter=filter, rerank_budget_ms=budget_ms,
             strategy={v: k for k, v in convert.STRATEGIES.items()}[strategy or None])
         if rerank is not None:
             request.rerank = rerank

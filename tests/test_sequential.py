@@ -112,7 +112,8 @@ def test_save_load_round_trip(trained: SequentialModel, tmp_path: Path) -> None:
 
 
 def test_same_seed_same_weights() -> None:
-    settings = SequentialSettings(**{**TINY.to_dict(), "epochs": 3, "dropout": 0.3})
+    settings = SequentialSettings(
+        **{**TINY.to_dict(), "epochs": 3, "dropout": 0.3, "attention_dropout": 0.2})
     a = train_sequential(cycle_sequences(), settings, progress=False)
     b = train_sequential(cycle_sequences(), settings, progress=False)
     for (name, x), y in zip(a.network.state_dict().items(), b.network.state_dict().values(),

@@ -175,7 +175,8 @@ def build_network(n_items: int, settings: SequentialSettings) -> SasRec:
     """The untrained network these settings describe, for ``n_items`` items."""
     return SasRec(n_items, dim=settings.dim, layers=settings.layers, heads=settings.heads,
                   max_len=settings.max_len, dropout=settings.dropout,
-                  norm_first=settings.norm_first)
+                  norm_first=settings.norm_first,
+                  attention_dropout=settings.attention_dropout)
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:

@@ -44,10 +44,11 @@ class CausalSelfAttention(nn.Module):
 class SasRecBlock(nn.Module):
     """Attention then a two-layer feed-forward net, each with a residual and a LayerNorm."""
 
-    def __init__(self, dim: int, heads: int, dropout: float, norm_first: bool) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, norm_first: bool,
+                 attention_dropout: float = 0.0) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.attention = CausalSelfAttention(dim, heads, dropout)
+        self.attention = CausalSelfAttention(dim, heads, attention_dropout)
         self.feed_forward = nn.Sequential(
             nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
         self.norm1 = nn.LayerNorm(dim)
@@ -72,7 +73,8 @@ class SasRec(nn.Module):
     """
 
     def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 1,
-                 max_len: int = 200, dropout: float = 0.2, norm_first: bool = True) -> None:
+                 max_len: int = 200, dropout: float = 0.2, norm_first: bool = True,
+                 attention_dropout: float = 0.0) -> None:
         super().__init__()
         self.n_items = n_items
         self.max_len = max_len
@@ -80,7 +82,8 @@ class SasRec(nn.Module):
         self.position_embedding = nn.Embedding(max_len, dim)
         self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            SasRecBlock(dim, heads, dropout, norm_first) for _ in range(layers))
+            SasRecBlock(dim, heads, dropout, norm_first, attention_dropout)
+            for _ in range(layers))
         self.final_norm = nn.LayerNorm(dim)
         self.reset_parameters()
 

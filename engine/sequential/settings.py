@@ -32,6 +32,9 @@ class SequentialSettings:
     heads: int = 1
     max_len: int = 200
     dropout: float = 0.2
+    """Dropout on embeddings, residual branches and the feed-forward hidden layer."""
+    attention_dropout: float = 0.0
+    """Dropout on attention weights; it leaves torch's fused attention kernel, which is slow."""
     norm_first: bool = True
     """Pre-LN blocks (LayerNorm before attention and feed-forward); False gives post-LN."""
     window: Window = "latest"
@@ -51,8 +54,8 @@ class SequentialSettings:
             problems.append("dim, heads and max_len must be positive and layers >= 0")
         if self.dim % self.heads:
             problems.append(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.attention_dropout < 1.0):
+            problems.append("dropout and attention_dropout must be in [0, 1)")
         if self.window not in ("latest", "random"):
             problems.append(f"window must be 'latest' or 'random', got {self.window!r}")
         if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1 or self.patience < 1:
