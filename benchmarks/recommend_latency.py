@@ -112,7 +112,7 @@ def main() -> None:
             client.record_events([Event(user, before[0], "purchase", 0.0, time.time())])
             after = [h.record.id for h in client.recommend(user_id=user, top_k=10).hits]
             event_ms.append((time.perf_counter() - started) * 1000)
-            changed += after != before
+            changed += after[:9] != before[1:10]   # more moved than the purchased item leaving
     asyncio.run_coroutine_threadsafe(running.stop(1), loop).result(30)
     harness.close()
     report(plain, raw, reranked, scored, event_ms, changed)
@@ -134,8 +134,9 @@ def report(plain: list[float], raw: list[float], reranked: dict[int, list[float]
                            [[r[0], round(r[1], 1), round(r[2], 1), r[3]] for r in rows])
     ratio = percentiles(plain)[0] / percentiles(raw)[0]
     text = (f"# Recommend latency: MovieLens-100k (1,682 films, 943 users), CPU\n\n{table}\n\n"
-            f"Service / raw parts at p50: {ratio:.2f}. The list changed after the event for "
-            f"{changed} of {len(event_ms)} users (the purchased item leaves the list).\n")
+            f"Service / raw parts at p50: {ratio:.2f}. After a purchase of the top item, the "
+            f"rest of the list changed (not just the item leaving) for {changed} of "
+            f"{len(event_ms)} users.\n")
     print(text)
     data: dict[str, Any] = {"rows": rows, "ratio_p50": ratio, "changed": changed,
                             "event_trials": len(event_ms),
