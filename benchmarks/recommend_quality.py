@@ -71,8 +71,7 @@ def train_seed(split: Split, seed: int, epochs: int) -> SequentialModel:
     ids = [item_id(raw) for raw in split.data.item_ids]
     sequences = [[ids[i] for i in s] for s in split.train]
     targets = [ids[i] for i in split.valid]
-    settings = SequentialSettings(seed=seed, epochs=epochs, batch_size=64, lr=0.002, patience=15,
-                                  dropout=0.5)
+    settings = SequentialSettings(seed=seed, epochs=epochs)  # the library defaults otherwise
     return train_sequential(sequences, settings, valid_targets=targets, progress=True)
 
 

@@ -129,7 +129,7 @@ def train_seq(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     tenant: Annotated[str, typer.Option(help="Tenant whose items get behaviour vectors.")] = "",
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 200,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 80,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
