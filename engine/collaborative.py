@@ -18,7 +18,6 @@ item-kNN NDCG@10 0.094 validation / 0.083 test; SVD 256-d 0.097 / 0.083;
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,29 +26,11 @@ from scipy import sparse
 from scipy.sparse.linalg import svds
 
 from engine.errors import InvalidInput, ModelUnavailable
+from engine.mips import mips_items, mips_queries
 
 FORMAT_VERSION = 1
 VECTORS_FILE = "cooccurrence.npy"
 META_FILE = "cooccurrence.json"
-
-
-def mips_items(table: np.ndarray) -> np.ndarray:
-    """Item embeddings as unit vectors whose cosine with a query keeps the dot-product order."""
-    table = table.astype(np.float64)
-    norms_sq = np.einsum("ij,ij->i", table, table)
-    top = math.sqrt(float(norms_sq.max())) if len(table) else 0.0
-    if top == 0.0:
-        return np.zeros((len(table), table.shape[1] + 1), np.float32)
-    extra = np.sqrt(np.clip(top * top - norms_sq, 0.0, None))
-    return (np.concatenate([table, extra[:, None]], axis=1) / top).astype(np.float32)
-
-
-def mips_queries(queries: np.ndarray) -> np.ndarray:
-    """Query vectors for :func:`mips_items` vectors: unit, with a zero last coordinate."""
-    queries = queries.astype(np.float64)
-    norms = np.linalg.norm(queries, axis=1, keepdims=True)
-    unit = np.divide(queries, norms, out=np.zeros_like(queries), where=norms > 0)
-    return np.concatenate([unit, np.zeros((len(unit), 1))], axis=1).astype(np.float32)
 
 
 class CooccurrenceModel:

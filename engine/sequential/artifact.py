@@ -16,7 +16,6 @@ settings, format version, training facts).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import ModelUnavailable
+from engine.mips import mips_items, mips_queries
 from engine.sequential.model import PAD, SasRec
 from engine.sequential.settings import SequentialSettings
 
@@ -82,13 +82,7 @@ class SequentialModel:
         """Item ids and their unit vectors [n, dim + 1] (float32) for the ``behaviour`` channel."""
         with torch.no_grad():
             table = self.network.item_table().detach().cpu().double().numpy()
-        norms_sq = np.einsum("ij,ij->i", table, table)
-        top = math.sqrt(float(norms_sq.max())) if len(table) else 0.0
-        if top == 0.0:
-            return list(self.item_ids), np.zeros((len(table), self.vector_dim), np.float32)
-        extra = np.sqrt(np.clip(top * top - norms_sq, 0.0, None))
-        vectors = np.concatenate([table, extra[:, None]], axis=1) / top
-        return list(self.item_ids), vectors.astype(np.float32)
+        return list(self.item_ids), mips_items(table)
 
     def index_histories(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
         """Left-padded item indices [b, L] of the latest known items of each history.
@@ -125,10 +119,7 @@ class SequentialModel:
         A history with no known item gives a zero row: the behaviour channel has
         nothing to say about that user.
         """
-        hidden = self.hidden(histories).astype(np.float64)
-        norms = np.linalg.norm(hidden, axis=1, keepdims=True)
-        unit = np.divide(hidden, norms, out=np.zeros_like(hidden), where=norms > 0)
-        return np.concatenate([unit, np.zeros((len(unit), 1))], axis=1).astype(np.float32)
+        return mips_queries(self.hidden(histories))
 
     def scores(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """Dot-product logits [b, n_items] (float32), columns in ``item_ids`` order.

@@ -78,8 +78,7 @@ def _fit(trainable: list[np.ndarray], encoded: list[np.ndarray],
     """The training loop; returns the network (best weights), epochs run, best epoch, best NDCG."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    device = torch.device(settings.device)
-    network = build_network(n_items, settings).to(device)
+    network = build_network(n_items, settings).to(torch.device(settings.device))
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
     valid_users = [u for u, t in enumerate(valid_targets or []) if t is not None]
@@ -91,15 +90,8 @@ def _fit(trainable: list[np.ndarray], encoded: list[np.ndarray],
     bar = tqdm(range(1, settings.epochs + 1), desc="train-seq", unit="epoch",
                disable=not progress)
     for epoch in bar:
-        network.train()
-        total, steps = 0.0, 0
-        for inputs, targets in _batches(trainable, settings, rng, device):
-            loss = network.loss(inputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-        postfix = {"loss": f"{total / max(steps, 1):.4f}"}
+        loss = train_epoch(network, optimizer, trainable, settings, rng)
+        postfix = {"loss": f"{loss:.4f}"}
         if valid_users:
             ndcg, _ = evaluate_next_item(network, valid_histories, valid_items,
                                          max_len=settings.max_len)
@@ -119,6 +111,21 @@ def _fit(trainable: list[np.ndarray], encoded: list[np.ndarray],
     else:
         best_epoch = epoch
     return network.eval(), epoch, best_epoch, (best_ndcg if valid_users else None)
+
+
+def train_epoch(network: SasRec, optimizer: torch.optim.Optimizer, sequences: list[np.ndarray],
+                settings: SequentialSettings, rng: np.random.Generator) -> float:
+    """One pass over the sequences (item-index arrays) in shuffled batches; the mean loss."""
+    network.train()
+    device = network.item_embedding.weight.device
+    total, steps = 0.0, 0
+    for inputs, targets in _batches(sequences, settings, rng, device):
+        loss = network.loss(inputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, steps = total + loss.item(), steps + 1
+    return total / max(steps, 1)
 
 
 def _vocabulary(sequences: Sequence[Sequence[str]],
