@@ -164,8 +164,9 @@ class ProfileSettings(BaseModel):
     half_life_days: float | None = Field(
         None, gt=0.0, description="Also halve an event's weight per this many days; unset: off.")
     max_events: int = Field(
-        500, ge=1, description="Events kept per user; older ones leave the history, "
-        "but still count (decayed) in the profile vector.")
+        200, ge=1, description="Events kept per user (as many as SASRec reads); older ones "
+        "leave the history but still count (decayed) in the profile vector. Each event "
+        "rewrites the user, so this bounds the cost of an event.")
     recent: int = Field(
         20, ge=1, description="Latest positive items used as examples by the recommend "
         "strategies and shown to the LLM and in explanations.")

@@ -18,6 +18,7 @@ saves store reads, and :meth:`ProfileBook.delete` empties it for the user.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -139,7 +140,12 @@ def profile_to_record(profile: UserProfile) -> UserRecord:
     norm = float(np.linalg.norm(profile.vector)) if profile.vector is not None else 0.0
     vectors = {PROFILE_VECTOR: profile.vector / norm} if norm > 0 else {}
     payload = {
-        "events": [[e.item_id, e.kind, e.value, e.timestamp] for e in profile.events],
+        # Columns, not one list per event: a user is rewritten on every event, and flat
+        # lists halve the cost of building, journalling and storing a long history.
+        "items": [e.item_id for e in profile.events],
+        "kinds": [e.kind for e in profile.events],
+        "values": [e.value for e in profile.events],
+        "times": [e.timestamp for e in profile.events],
         "seen": list(profile.seen),
         "norm": norm,
         "event_count": profile.event_count,
@@ -152,8 +158,11 @@ def profile_to_record(profile: UserProfile) -> UserRecord:
 def record_to_profile(record: UserRecord) -> UserProfile:
     """The profile a users-collection record holds; the only reader of its payload layout."""
     payload = record.payload
+    columns = [payload.get(key, []) for key in ("items", "kinds", "values", "times")]
+    if "events" in payload:  # the first layout, one list per event (before 2026-11-30)
+        columns = [list(column) for column in zip(*payload["events"], strict=True)] or columns
     events = tuple(Event(record.user_id, str(item), str(kind), float(value), float(ts),
-                         record.tenant) for item, kind, value, ts in payload.get("events", []))
+                         record.tenant) for item, kind, value, ts in zip(*columns, strict=True))
     vector = None  # a zero sum is the same as none: decay keeps it zero
     stored = record.vectors.get(PROFILE_VECTOR)
     norm = float(payload.get("norm", 0.0))
@@ -163,6 +172,11 @@ def record_to_profile(record: UserRecord) -> UserProfile:
                        seen=tuple(str(s) for s in payload.get("seen", [])), vector=vector,
                        event_count=int(payload.get("event_count", len(events))),
                        last_timestamp=float(payload.get("last_timestamp", 0.0)))
+
+
+def _stripe(tenant: str, user_id: str) -> int:
+    """Which of the striped locks guards this user."""
+    return zlib.crc32(f"{tenant}\x1f{user_id}".encode()) % _LOCK_STRIPES
 
 
 class ProfileBook:
@@ -185,7 +199,7 @@ class ProfileBook:
 
     def _lock(self, tenant: str, user_id: str) -> threading.Lock:
         """The stripe lock guarding this user's read-modify-write."""
-        return self._locks[zlib.crc32(f"{tenant}\x1f{user_id}".encode()) % _LOCK_STRIPES]
+        return self._locks[_stripe(tenant, user_id)]
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -249,6 +263,7 @@ class ProfileBook:
                                               using=self.content_vector)
                    for tenant, ids in by_tenant.items()}
         recorded, popularity = 0, defaultdict(lambda: defaultdict(float))
+        batches: dict[str, dict[str, list[Event]]] = defaultdict(dict)
         for (tenant, user_id), user_events in by_user.items():
             known = []
             for index, event in user_events:
@@ -259,40 +274,56 @@ class ProfileBook:
                                             f"{tenant!r}; index the item before its events"))
             if not known:
                 continue
-            self._apply(tenant, user_id, known, vectors[tenant])
+            batches[tenant][user_id] = known
             recorded += len(known)
             for event in known:
                 weight = self.weights.weight(event.kind, event.value)
                 if weight > 0:
                     popularity[tenant][event.item_id] += weight
+        for tenant, users_events in batches.items():
+            self._apply(tenant, users_events, vectors[tenant])
         for tenant, increments in popularity.items():
             self.items.add_popularity(increments, tenant=tenant)
         users = sum(1 for key, evs in by_user.items()
                     if any(e.item_id in vectors[key[0]] for _, e in evs))
         return RecordOutcome(recorded, sorted(rejected), users)
 
-    def _apply(self, tenant: str, user_id: str, events: Sequence[Event],
+    def _apply(self, tenant: str, users_events: Mapping[str, Sequence[Event]],
                vectors: Mapping[str, np.ndarray]) -> None:
-        """Fold one user's events into the stored profile and write it back."""
-        with self._lock(tenant, user_id):
-            record = self.users.get(user_id, tenant=tenant)
-            profile = (record_to_profile(record) if record is not None
-                       else UserProfile(tenant=tenant, user_id=user_id))
-            vector, last = profile.vector, profile.last_timestamp
-            history, seen = list(profile.events), dict.fromkeys(profile.seen)
-            for event in events:
-                vector = self.weights.step(vector, last, event, vectors[event.item_id])
-                last = max(last, event.timestamp)
-                history.append(event)
-                seen[event.item_id] = None
-            history.sort(key=lambda e: e.timestamp)  # stable: arrival order within a second
-            updated = UserProfile(tenant=tenant, user_id=user_id,
-                                  events=tuple(history[-self.settings.max_events:]),
-                                  seen=tuple(seen), vector=vector,
-                                  event_count=profile.event_count + len(events),
-                                  last_timestamp=last)
-            self.users.put(profile_to_record(updated))
-            self._remember(updated)
+        """Fold each user's events into their stored profile: one read and one write in all.
+
+        The users' stripe locks are taken in index order, so two batches that
+        share users cannot deadlock, and no event of theirs is lost between the
+        read and the write.
+        """
+        stripes = sorted({_stripe(tenant, user) for user in users_events})
+        with contextlib.ExitStack() as held:
+            for stripe in stripes:
+                held.enter_context(self._locks[stripe])
+            stored = self.users.get_many(list(users_events), tenant=tenant)
+            updated = [self._folded(stored.get(user_id), tenant, user_id, events, vectors)
+                       for user_id, events in users_events.items()]
+            self.users.put_many([profile_to_record(profile) for profile in updated])
+            for profile in updated:
+                self._remember(profile)
+
+    def _folded(self, record: UserRecord | None, tenant: str, user_id: str,
+                events: Sequence[Event], vectors: Mapping[str, np.ndarray]) -> UserProfile:
+        """A user's profile after ``events`` (the math of the module docstring)."""
+        profile = (record_to_profile(record) if record is not None
+                   else UserProfile(tenant=tenant, user_id=user_id))
+        vector, last = profile.vector, profile.last_timestamp
+        history, seen = list(profile.events), dict.fromkeys(profile.seen)
+        for event in events:
+            vector = self.weights.step(vector, last, event, vectors[event.item_id])
+            last = max(last, event.timestamp)
+            history.append(event)
+            seen[event.item_id] = None
+        history.sort(key=lambda e: e.timestamp)  # stable: arrival order within a second
+        return UserProfile(tenant=tenant, user_id=user_id,
+                           events=tuple(history[-self.settings.max_events:]),
+                           seen=tuple(seen), vector=vector,
+                           event_count=profile.event_count + len(events), last_timestamp=last)
 
     def delete(self, user_id: str, *, tenant: str) -> Erasure:
         """Erase the user: events, profile vector, seen set and the cached copy."""

@@ -200,3 +200,29 @@ def test_record_layout_round_trips() -> None:
     assert (back.events, back.seen, back.event_count) == (profile.events, profile.seen, 9)
     empty = record_to_profile(profile_to_record(UserProfile(tenant="t", user_id="v")))
     assert empty.vector is None and empty.events == ()
+
+
+def test_interleaved_users_in_one_batch_equal_one_event_at_a_time(stores: Stores) -> None:
+    """A batch mixing users is written with one read and one write, with the same result."""
+    mixed = [event(f"u{k % 3}", f"i{k % DIM}", "click", ts=k) for k in range(12)]
+    stores.book.record(mixed)
+    for e in mixed:
+        stores.book.record([Event(f"solo-{e.user_id}", e.item_id, e.kind, e.value, e.timestamp)])
+    for k in range(3):
+        batch, single = (stores.book.get(name, tenant="default") for name in (f"u{k}",
+                                                                               f"solo-u{k}"))
+        assert batch is not None and single is not None
+        np.testing.assert_allclose(batch.vector, single.vector, atol=1e-5)
+        assert [e.item_id for e in batch.events] == [e.item_id for e in single.events]
+        assert batch.event_count == single.event_count == 4
+
+
+def test_profiles_stored_in_the_first_layout_still_read() -> None:
+    from engine.store import UserRecord
+
+    record = UserRecord(tenant="t", user_id="u", vectors={},
+                        payload={"events": [["x", "view", 0.0, 5.0], ["y", "like", 0.0, 6.0]],
+                                 "seen": ["x", "y"], "norm": 0.0, "event_count": 2})
+    profile = record_to_profile(record)
+    assert [(e.item_id, e.kind, e.timestamp) for e in profile.events] == [
+        ("x", "view", 5.0), ("y", "like", 6.0)]

@@ -146,6 +146,21 @@ def same(got: UserRecord | None, want: UserRecord) -> None:
 # -- the contract, on every backend -----------------------------------------------------------
 
 
+def test_many_users_in_one_call(store: UserStore) -> None:
+    records = [user("a", profile=10.0), user("b", profile=None, note="x"), user("c")]
+    store.put_many(records)
+    store.put_many([])
+    store.put(user("other", tenant="elsewhere"))
+    found = store.get_many(["c", "zzz", "a", "b", "a", "other"], tenant=TENANT)
+    assert sorted(found) == ["a", "b", "c"]              # unknown and other-tenant ids left out
+    for record in records:
+        same(found[record.user_id], record)
+    assert store.get_many([], tenant=TENANT) == {}
+    with pytest.raises(InvalidInput):                     # validated before any write
+        store.put_many([user("d"), user("")])
+    assert store.get("d", tenant=TENANT) is None
+
+
 def test_a_user_round_trips(store: UserStore) -> None:
     record = UserRecord(
         tenant=TENANT, user_id="u-1",

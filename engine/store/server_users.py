@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from qdrant_client import QdrantClient, models
 
@@ -113,29 +113,33 @@ class ServerUserStore(UserStore):
         if self._closed:
             raise FailedPrecondition(f"the users store for {self._collection} is closed")
 
-    def get(self, user_id: str, *, tenant: str) -> UserRecord | None:
-        """The user's record, or ``None``."""
+    def get_many(self, user_ids: Sequence[str], *, tenant: str) -> dict[str, UserRecord]:
+        """The records of those users that exist, by user id (one retrieve)."""
         self._check_open()
-        point = check_user(tenant, user_id)
-        with server_errors("read a user"):
+        wanted = [check_user(tenant, user_id) for user_id in dict.fromkeys(user_ids)]
+        if not wanted:
+            return {}
+        with server_errors("read users"):
             records = self._client.retrieve(
-                self._collection, ids=[point], with_payload=True, with_vectors=True
+                self._collection, ids=wanted, with_payload=True, with_vectors=True
             )
+        found: dict[str, UserRecord] = {}
         for stored in records:
             record = stored_user(stored.payload, stored.vector)
-            if record is not None and (record.tenant, record.user_id) == (tenant, user_id):
-                return record
-        return None
+            if record is not None and record.tenant == tenant and record.user_id in user_ids:
+                found[record.user_id] = record
+        return found
 
-    def put(self, record: UserRecord) -> None:
-        """Insert or replace the whole user."""
+    def put_many(self, records: Sequence[UserRecord]) -> None:
+        """Insert or replace whole users in one upsert."""
         self._check_open()
-        prepared = prepare_user(self._schema, record)
-        point = models.PointStruct(
-            id=prepared.point_id, vector=dict(prepared.vectors), payload=prepared.payload
-        )
-        with server_errors("write a user"):
-            self._client.upsert(self._collection, points=[point], wait=True)
+        prepared = [prepare_user(self._schema, record) for record in records]
+        if not prepared:
+            return
+        points = [models.PointStruct(id=p.point_id, vector=dict(p.vectors), payload=p.payload)
+                  for p in prepared]
+        with server_errors("write users"):
+            self._client.upsert(self._collection, points=points, wait=True)
 
     def delete(self, user_id: str, *, tenant: str) -> bool:
         """Erase the user's point; ``True`` if it existed (checked just before)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -156,14 +156,22 @@ class UserStore(StoreLifecycle):
     dims: Mapping[str, int]
     """The named vectors users may carry: name -> size (cosine)."""
 
-    @abc.abstractmethod
     def get(self, user_id: str, *, tenant: str) -> UserRecord | None:
         """The user's record, or ``None`` if the store has none."""
+        return self.get_many([user_id], tenant=tenant).get(user_id)
 
     @abc.abstractmethod
+    def get_many(self, user_ids: Sequence[str], *, tenant: str) -> dict[str, UserRecord]:
+        """The records of those users that exist, by user id (one store call)."""
+
     def put(self, record: UserRecord) -> None:
         """Insert or replace the whole user: its vectors (an empty mapping stores none)
         and its payload; nothing of the previous version is kept."""
+        self.put_many([record])
+
+    @abc.abstractmethod
+    def put_many(self, records: Sequence[UserRecord]) -> None:
+        """:meth:`put` for several users in one store call (all validated before any write)."""
 
     @abc.abstractmethod
     def delete(self, user_id: str, *, tenant: str) -> bool:
