@@ -33,7 +33,6 @@ from engine.sequential.settings import SequentialSettings, Window
 __all__ = ["SequentialSettings", "evaluate_next_item", "train_sequential"]
 
 _EVAL_BATCH = 256
-_BUCKET = True
 
 
 def train_sequential(sequences: Sequence[Sequence[str]], settings: SequentialSettings,
@@ -162,8 +161,7 @@ def _batches(sequences: list[np.ndarray], settings: SequentialSettings,
     """
     windows = [_window(sequences[u], settings.max_len, settings.window, rng)
                for u in rng.permutation(len(sequences))]
-    if _BUCKET:
-        windows.sort(key=len)
+    windows.sort(key=len)
     batches = [windows[i:i + settings.batch_size]
                for i in range(0, len(windows), settings.batch_size)]
     for b in rng.permutation(len(batches)):
