@@ -129,25 +129,35 @@ def train_seq(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     tenant: Annotated[str, typer.Option(help="Tenant whose items get behaviour vectors.")] = "",
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs (early stopping).")] = 80,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Most epochs (early stopping). Default: the library's.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    refit: Annotated[bool, typer.Option(
+        help="After early stopping, train again on every event for the best epoch count "
+        "(twice the time; the model learns each user's latest step).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train the behavioural channel (SASRec) and store every item's behaviour vector."""
+    from dataclasses import replace
+
     from engine.sequential import SequentialSettings
     from engine.types import DEFAULT_TENANT
     from indexers.behaviour import train_behaviour
 
     cfg = _config(config, data_dir)
     _quiet_model_loading()
-    summary = train_behaviour(cfg, log, tenant=tenant or DEFAULT_TENANT,
-                              settings=SequentialSettings(epochs=epochs, seed=seed),
-                              progress=progress)
+    settings = SequentialSettings(seed=seed)
+    if epochs is not None:
+        settings = replace(settings, epochs=epochs)
+    summary = train_behaviour(cfg, log, tenant=tenant or DEFAULT_TENANT, settings=settings,
+                              refit=refit, progress=progress)
     valid = ("n/a" if summary.best_valid_ndcg is None
              else f"{summary.best_valid_ndcg:.4f}")
     console.print(
         f"trained on {summary.users:,} users / {summary.interactions:,} interactions from "
-        f"{summary.source} in {summary.train_seconds:.0f} s ({summary.epochs_run} epochs); "
+        f"{summary.source} in {summary.train_seconds:.0f} s ({summary.epochs_run} epochs"
+        + (f", then {summary.refit_epochs} on every event" if summary.refit_epochs else "")
+        + "); "
         f"held-out next-item NDCG@10 {valid}; {summary.vectors_written:,} of "
         f"{summary.items_in_model:,} items got behaviour vectors; model saved to "
         f"{summary.model_path}" + (f"; {summary.skipped_rows} rows skipped"

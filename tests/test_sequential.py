@@ -15,8 +15,8 @@ from engine.sequential import SequentialModel, SequentialSettings, train_sequent
 from engine.sequential.artifact import META_FILE, WEIGHTS_FILE, TrainingFacts, build_network
 
 N_ITEMS = 12
-TINY = SequentialSettings(dim=16, layers=1, heads=2, max_len=8, dropout=0.0, lr=0.01,
-                          batch_size=16, epochs=40, patience=40, seed=3, threads=1)
+TINY = SequentialSettings(dim=16, layers=1, heads=2, max_len=8, dropout=0.0, attention_dropout=0.0,
+                          lr=0.01, batch_size=16, epochs=40, patience=40, seed=3, threads=1)
 
 
 def cycle_sequences(n_users: int = 24, length: int = 8) -> list[list[str]]:
@@ -136,6 +136,30 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     for x, y in zip(model.network.state_dict().values(), again.network.state_dict().values(),
                     strict=True):
         assert torch.equal(x, y)
+
+
+def test_refit_trains_on_the_held_out_items_for_the_best_epoch_count() -> None:
+    sequences = cycle_sequences()
+    histories = [seq[:-1] for seq in sequences]
+    targets: list[str | None] = [seq[-1] if u % 3 else None for u, seq in enumerate(sequences)]
+    settings = SequentialSettings(**{**TINY.to_dict(), "epochs": 12, "patience": 12})
+    searched = train_sequential(histories, settings, valid_targets=targets, progress=False)
+    refit = train_sequential(histories, settings, valid_targets=targets, refit=True,
+                             progress=False)
+    facts = refit.facts
+    assert facts.refit_epochs == facts.best_epoch == searched.facts.best_epoch
+    assert facts.best_valid_ndcg == searched.facts.best_valid_ndcg
+    assert searched.facts.refit_epochs == 0
+    # The served weights are those of a plain run on the histories with their targets.
+    full = [h + [t] if t is not None else h for h, t in zip(histories, targets, strict=True)]
+    plain = train_sequential(full, SequentialSettings(**{**settings.to_dict(),
+                                                         "epochs": facts.best_epoch}),
+                             progress=False)
+    for (name, x), y in zip(refit.network.state_dict().items(),
+                            plain.network.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    assert not torch.equal(refit.network.item_embedding.weight,
+                           searched.network.item_embedding.weight)
 
 
 def test_bad_input_is_refused() -> None:

@@ -4,6 +4,7 @@ behaviour models, store their item vectors, and have the next engine serve them.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,7 @@ def trained(tmp_path: Path, tiny_text_dir: Path) -> tuple[Path, Path]:
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())                     # the console wraps lines
     assert "trained on 12 users / 60 interactions" in said
+    assert re.search(r"\(\d+ epochs, then \d+ on every event\)", said), said
     assert "6 of 6 items got behaviour vectors" in said and "1 rows skipped" in said
     return config, data_dir
 

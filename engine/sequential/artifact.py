@@ -44,6 +44,9 @@ class TrainingFacts:
     best_epoch: int = 0
     best_valid_ndcg: float | None = None
     """Validation NDCG@10 of the kept weights; None when trained without validation."""
+    refit_epochs: int = 0
+    """Epochs of the final run on every item, held-out ones included (0: no refit); the
+    served weights are then that run's, and ``best_valid_ndcg`` describes the search run."""
     train_seconds: float = 0.0
     n_sequences: int = 0
     n_items: int = 0

@@ -72,9 +72,9 @@ class SasRec(nn.Module):
     query vector; :meth:`logits` scores it against every item.
     """
 
-    def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 1,
-                 max_len: int = 200, dropout: float = 0.2, norm_first: bool = True,
-                 attention_dropout: float = 0.0) -> None:
+    def __init__(self, n_items: int, dim: int = 64, layers: int = 2, heads: int = 2,
+                 max_len: int = 50, dropout: float = 0.5, norm_first: bool = True,
+                 attention_dropout: float = 0.5) -> None:
         super().__init__()
         self.n_items = n_items
         self.max_len = max_len
