@@ -4,12 +4,16 @@ Protocol (``benchmarks.recommend.protocol``): every rating is an interaction,
 users with 5+ interactions, time order (ties by item id), leave-one-out, full
 ranking with the history masked, NDCG@10 and Recall@10/20/50. Settings are
 chosen on validation and reported on test as mean and standard error over the
-seeds (deterministic rows have SE 0). The mmrec rows run the real engine
-(``benchmarks.recommend.engine_runs``); the LLM row re-ranks the top 20 of the
-hybrid list for a fixed random subset of users (CPU time), compared with the
-hybrid row on the same users.
+seeds (deterministic rows have SE 0). Every model is fitted on what the stage
+may see: SASRec is early-stopped on validation, then trained afresh on training
+plus validation items for the best epoch count (``mmrec train-seq``'s refit; the
+"not refit" row is the first model at test). The mmrec rows run the real engine
+(``benchmarks.recommend.engine_runs``); its channel weights and fusion are chosen
+on validation (seed 0). The LLM row re-ranks the top 20 of the hybrid list for a
+fixed random subset of users (CPU time), compared with the hybrid row on the same
+users.
 
-    python -m benchmarks.recommend_quality [--seeds 0 1 2] [--llm-users 150]
+    python -m benchmarks.recommend_quality [--seeds 0 1 2] [--llm-users 100] [--llm-seeds 3]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +40,15 @@ from benchmarks.recommend.protocol import (
     summarize,
 )
 from benchmarks.report import RESULTS, markdown_table, write
+from engine.query import Fusion
 from engine.sequential import SequentialModel, SequentialSettings, train_sequential
 
 WORK = Path(".mmrec/bench/recommend")
 METRICS = ("NDCG@10", "Recall@10", "Recall@20", "Recall@50")
-HYBRID_GRID = [{"behaviour": 1.0, "cooccurrence": c, "fused": f}
-               for c in (0.5, 1.0, 2.0) for f in (0.0, 0.25)]
+FUSIONS: list[tuple[Fusion, int]] = [("rrf", 10), ("rrf", 60), ("dbsf", 0)]
+"""Fusion settings of the hybrid grid: RRF with k 10 and 60, and DBSF."""
+HYBRID_GRID = [({"behaviour": 1.0, "cooccurrence": c, "fused": f}, fusion, k)
+               for fusion, k in FUSIONS for c in (0.5, 1.0, 2.0) for f in (0.0, 0.25)]
 
 
 def sasrec_scores(model: SequentialModel, split: Split) -> Callable[[list[np.ndarray]], np.ndarray]:
@@ -66,22 +74,33 @@ def subset_metrics(ranks: dict[int, list[int]], users: list[int], split: Split
     return {name: float(np.mean(values[users])) for name, values in per_user.items()}
 
 
-def train_seed(split: Split, seed: int, epochs: int) -> SequentialModel:
-    """SASRec on the training sequences, early-stopped on the validation items."""
+def train_seed(split: Split, seed: int, epochs: int) -> tuple[SequentialModel, SequentialModel]:
+    """SASRec for each stage: the validation stage's and the test stage's.
+
+    The first is trained on the training sequences and early-stopped on the
+    validation items; the second is trained afresh on what the test stage may see
+    (training sequences plus validation items) for the first one's best epoch count,
+    as ``mmrec train-seq`` does by default (``refit``).
+    """
     ids = [item_id(raw) for raw in split.data.item_ids]
     sequences = [[ids[i] for i in s] for s in split.train]
     targets = [ids[i] for i in split.valid]
     settings = SequentialSettings(seed=seed, epochs=epochs)  # the library defaults otherwise
-    return train_sequential(sequences, settings, valid_targets=targets, progress=True)
+    searched = train_sequential(sequences, settings, valid_targets=targets, progress=True)
+    full = [[ids[i] for i in s] for s in split.history("test")]
+    refit = train_sequential(full, replace(settings, epochs=searched.facts.best_epoch),
+                             progress=True)
+    return searched, refit
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=80, help="Most SASRec epochs.")
+    parser.add_argument("--epochs", type=int, default=SequentialSettings().epochs,
+                        help="Most SASRec epochs (early stopping).")
     parser.add_argument("--llm-users", type=int, default=100,
                         help="Users whose lists the LLM re-ranks (0: skip the LLM row).")
-    parser.add_argument("--llm-seeds", type=int, default=1,
+    parser.add_argument("--llm-seeds", type=int, default=3,
                         help="Seeds (the first ones) whose lists the LLM re-ranks (CPU time).")
     args = parser.parse_args()
     split = leave_one_out(load_movielens())
@@ -108,35 +127,40 @@ def main() -> None:
         content = {"behaviour": 0.0, "cooccurrence": 0.0, "fused": 1.0}
         cooccurrence = {"behaviour": 0.0, "cooccurrence": 1.0, "fused": 0.0}
         best: dict[str, float] = {}
+        best: tuple[dict[str, float], Fusion, int] = HYBRID_GRID[0]
         for n, seed in enumerate(args.seeds):
-            model = train_seed(split, seed, args.epochs)
-            notes.setdefault("sasrec_epochs", []).append(model.facts.epochs_run)
-            score = sasrec_scores(model, split)
+            searched, model = train_seed(split, seed, args.epochs)
+            notes.setdefault("sasrec_epochs", []).append(searched.facts.best_epoch)
+            rows.setdefault("SASRec alone, not refit", []).append(
+                mean_metrics(evaluate_scores(sasrec_scores(searched, split), split, "test")))
             rows.setdefault("SASRec alone", []).append(
-                mean_metrics(evaluate_scores(score, split, "test")))
-            harness.use_model(model)
-            if n == 0:  # channel weights chosen on validation, once
+                mean_metrics(evaluate_scores(sasrec_scores(model, split), split, "test")))
+            if n == 0:  # channel weights and fusion chosen on validation, once
+                harness.use_model(searched)
                 trials = []
-                for weights in HYBRID_GRID:
-                    ranks = harness.rankings(weights, label=f"valid {weights}")
+                for weights, fusion, k in HYBRID_GRID:
+                    ranks = harness.rankings(weights, fusion=fusion, rrf_k=k,
+                                             label=f"valid {fusion} {k} {weights}")
                     ndcg = mean_metrics(evaluate_rankings(ranks, split, "valid"))["NDCG@10"]
-                    trials.append((ndcg, weights))
+                    trials.append((ndcg, (weights, fusion, k)))
                 best = max(trials, key=lambda t: t[0])[1]
-                notes["hybrid_weights"] = best
-                notes["hybrid_valid_trials"] = [(w, round(v, 4)) for v, w in trials]
+                notes["hybrid"] = {"weights": best[0], "fusion": best[1], "rrf_k": best[2]}
+                notes["hybrid_valid_trials"] = [(*setting, round(v, 4)) for v, setting in trials]
                 harness.advance_to_test()
                 rows["content only (MiniLM title + genres)"] = [mean_metrics(evaluate_rankings(
                     harness.rankings(content, label="content"), split, "test"))]
                 rows["mmrec co-occurrence channel alone"] = [mean_metrics(evaluate_rankings(
                     harness.rankings(cooccurrence, label="co-occurrence"), split, "test"))]
-            hybrid = harness.rankings(best, label=f"hybrid seed {seed}")
+            harness.use_model(model)
+            weights, fusion, k = best
+            hybrid = harness.rankings(weights, fusion=fusion, rrf_k=k, label=f"hybrid seed {seed}")
             rows.setdefault("mmrec hybrid", []).append(
                 mean_metrics(evaluate_rankings(hybrid, split, "test")))
             if llm_users and n < args.llm_seeds:
                 rows.setdefault(f"mmrec hybrid, same {len(llm_users)} users", []).append(
                     subset_metrics(hybrid, llm_users, split))
-                reranked = harness.rankings(best, users=llm_users, rerank=True,
-                                            label=f"LLM seed {seed}")
+                reranked = harness.rankings(weights, fusion=fusion, rrf_k=k, users=llm_users,
+                                            rerank=True, label=f"LLM seed {seed}")
                 rows.setdefault(f"mmrec hybrid + LLM re-rank, {len(llm_users)} users",
                                 []).append(subset_metrics(reranked, llm_users, split))
     finally:

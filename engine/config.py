@@ -185,7 +185,10 @@ class RecommendSettings(BaseModel):
                                  "text": 0.3, "lexical": 0.3},
         description="Per-channel RRF weight; 'fused' is the history's content channel. "
         "Tuned on MovieLens validation data (benchmarks/recommend_quality.py).")
-    rrf_k: int = Field(60, ge=1)
+    fusion: Literal["rrf", "dbsf"] = Field(
+        "rrf", description="How the channels' candidate lists become one (Qdrant's fusion).")
+    rrf_k: int = Field(60, ge=1, description="RRF's k: smaller lets each channel's top "
+                       "items count for more.")
     candidates: int = Field(200, ge=1, le=10_000, description="Candidates per channel.")
     include_seen: bool = Field(False, description="Default for requests: return seen items.")
 

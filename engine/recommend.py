@@ -242,7 +242,7 @@ class Recommender:
         limit = max(request.top_k, top_k if rerank else 0)
         if request.diversity is not None:
             limit = max(limit, 3 * request.top_k)
-        fusion = request.fusion or self.retriever.settings.fusion
+        fusion = request.fusion or self.settings.fusion
         channels = (self.channels(examples, request, strategy, limit)
                     if examples.positives or examples.negatives else [])
         has_history = any(c.using in (BEHAVIOUR, COOCCURRENCE, self.settings.content_vector)

@@ -151,7 +151,7 @@ def test_refit_trains_on_the_held_out_items_for_the_best_epoch_count() -> None:
     assert facts.best_valid_ndcg == searched.facts.best_valid_ndcg
     assert searched.facts.refit_epochs == 0
     # The served weights are those of a plain run on the histories with their targets.
-    full = [h + [t] if t is not None else h for h, t in zip(histories, targets, strict=True)]
+    full = [[*h, t] if t is not None else h for h, t in zip(histories, targets, strict=True)]
     plain = train_sequential(full, SequentialSettings(**{**settings.to_dict(),
                                                          "epochs": facts.best_epoch}),
                              progress=False)

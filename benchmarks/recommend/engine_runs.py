@@ -21,6 +21,7 @@ from benchmarks.recommend.protocol import Split, Stage
 from engine.collaborative import CooccurrenceModel
 from engine.config import EngineConfig
 from engine.pipeline import Engine, ItemInput
+from engine.query import Fusion
 from engine.recommend import RecommendRequest
 from engine.sequential import SequentialModel
 from engine.types import DEFAULT_TENANT, Event, ItemRecord
@@ -107,14 +108,19 @@ class EngineHarness:
 
     def rankings(self, weights: Mapping[str, float], *, users: Sequence[int] | None = None,
                  top_k: int = 50, rerank: bool = False, budget_ms: int = 60_000,
-                 label: str = "") -> dict[int, list[int]]:
-        """Each user's recommended item indices through ``Engine.recommend``."""
+                 fusion: Fusion | None = None, rrf_k: int = 0, label: str = ""
+                 ) -> dict[int, list[int]]:
+        """Each user's recommended item indices through ``Engine.recommend``.
+
+        ``fusion`` and ``rrf_k`` override the engine's settings (0 / None: keep them).
+        """
         data, out = self.split.data, {}
         chosen = range(self.split.n_users) if users is None else users
         for u in tqdm(chosen, desc=label or "recommend", unit="user", disable=not self.progress):
             result = self.engine.recommend(RecommendRequest(
                 tenant=DEFAULT_TENANT, user_id=f"u{data.user_ids[u]}", top_k=top_k,
-                weights=dict(weights), rerank=rerank, budget_ms=budget_ms))
+                weights=dict(weights), rerank=rerank, budget_ms=budget_ms, fusion=fusion,
+                rrf_k=rrf_k))
             out[u] = [self.index[h.record.id] for h in result.hits if h.record.id in self.index]
         return out
 
