@@ -10,7 +10,6 @@ nothing to do. Tests run this code path against ``QdrantClient(":memory:")``
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from engine.errors import FailedPrecondition, SchemaMismatch
+from engine.errors import SchemaMismatch
 from engine.query import FusedHit, HybridQuery, ItemFilter, Range
 from engine.store.base import (
     FLOAT_INDEXED_FIELDS,
@@ -39,9 +38,14 @@ from engine.store.base import (
     stored_vector,
     unique_in_order,
 )
-from engine.store.filters import client_filter, client_tenant_filter, plan_filter, with_condition
+from engine.store.filters import client_filter, plan_filter, with_condition
 from engine.store.hybrid import fused_hits, plan_hybrid
-from engine.store.server_client import client_vector, connect, hybrid_requests, server_errors
+from engine.store.server_client import (
+    ServerCollection,
+    client_vector,
+    hybrid_requests,
+    server_errors,
+)
 from engine.types import ItemRecord, SearchHit, StoredItem, point_id
 
 logger = logging.getLogger(__name__)
@@ -70,7 +74,7 @@ def _collection_schema(
     return schema, problems
 
 
-class ServerStore(VectorStore):
+class ServerStore(ServerCollection, VectorStore):
     """A Qdrant collection of cosine named vectors plus keyword indexes on tenant and item id
     and a float index on popularity.
 
@@ -93,15 +97,8 @@ class ServerStore(VectorStore):
         self.schema = schema
         self._collection = collection
         self._hnsw_ef = hnsw_ef
-        self._closed = False
         self._write_lock = threading.Lock()  # read-modify-writes of this process
-        self._client, self._owns_client, self._where = connect(url_or_client, api_key)
-        try:
-            self._ensure_collection()
-        except BaseException:
-            self.close()
-            raise
-        logger.info("opened %s", self.description)
+        self._open(url_or_client, api_key)
 
     def _ensure_collection(self) -> None:
         """Create the collection if missing, else check it holds this schema's vectors."""
@@ -152,11 +149,6 @@ class ServerStore(VectorStore):
             if field not in existing:
                 with server_errors(f"create the {field} index"):
                     self._client.create_payload_index(self._collection, field, params, wait=True)
-
-    def _check_open(self) -> None:
-        """Refuse calls after :meth:`close`."""
-        if self._closed:
-            raise FailedPrecondition(f"the store for collection {self._collection} is closed")
 
     def _payloads(self, point_ids: list[str], keys: list[str] | bool) -> dict[str, dict]:
         """Point id -> the asked payload keys of the points that exist."""
@@ -315,35 +307,6 @@ class ServerStore(VectorStore):
             )
             return popular_hits([(str(r.id), r.payload) for r in ranked], limit, tied)
 
-    def count(self, tenant: str | None = None) -> int:
-        """All points, or one tenant's (exact count)."""
-        self._check_open()
-        with server_errors("count"):
-            result = self._client.count(
-                self._collection,
-                count_filter=None if tenant is None else client_tenant_filter(tenant),
-                exact=True,
-            )
-        return int(result.count)
-
     def optimize(self, *, wait: bool = False) -> None:
         """Nothing to do: the Qdrant server builds HNSW indexes in its own background optimizers."""
         self._check_open()
-
-    def flush(self) -> None:
-        """Nothing to do: the server acknowledges a write (``wait=True``) once its WAL has it."""
-        self._check_open()
-
-    def close(self) -> None:
-        """Close the client if this store made it; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_client:
-            with contextlib.suppress(Exception):
-                self._client.close()
-
-    @property
-    def description(self) -> str:
-        """One line for ``mmrec info``."""
-        return f"qdrant server {self._where}, collection {self._collection}"

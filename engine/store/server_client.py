@@ -1,26 +1,31 @@
 """What the server-backed stores share of qdrant-client: the connection, the error
 mapping, and a hybrid plan spelled as Query API requests.
 
-``ServerStore`` (items) and ``ServerUserStore`` (users) both connect through
-:func:`connect` and turn client errors into ``Unavailable`` with
-:func:`server_errors`. :func:`hybrid_requests` spells a
-:class:`~engine.store.hybrid.HybridPlan` in qdrant-client types, the way
-``edge_query`` spells it in qdrant-edge types.
+``ServerStore`` (items) and ``ServerUserStore`` (users) both build on
+:class:`ServerCollection` (connect, check the collection, count, flush, close)
+and turn client errors into ``Unavailable`` with :func:`server_errors`.
+:func:`hybrid_requests` spells a :class:`~engine.store.hybrid.HybridPlan` in
+qdrant-client types, the way ``edge_query`` spells it in qdrant-edge types.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import grpc
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from engine.errors import Unavailable
+from engine.errors import FailedPrecondition, Unavailable
 from engine.store.filters import client_filter, client_tenant_filter
 from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
+from engine.store.lifecycle import StoreLifecycle
 from engine.store.schema import SparseValues, VectorValues
+
+logger = logging.getLogger(__name__)
 
 CLIENT_ERRORS = (UnexpectedResponse, ResponseHandlingException, grpc.RpcError, ConnectionError)
 """What qdrant-client raises when the server or the transport fails."""
@@ -47,6 +52,68 @@ def connect(
         return url_or_client, False, str(options.get("url") or options.get("location") or "client")
     client = QdrantClient(url=url_or_client, prefer_grpc=True, api_key=api_key)
     return client, True, url_or_client
+
+
+class ServerCollection(StoreLifecycle):
+    """One collection on a Qdrant server: the connection, its lifecycle, and counting.
+
+    A subclass sets ``_collection`` and calls :meth:`_open`, which connects and
+    runs its ``_ensure_collection`` (create or check), closing again if that fails.
+    A client passed in is not closed by :meth:`close`; its owner closes it.
+    """
+
+    _collection: str
+    _kind = "collection"
+    """What the collection holds, for messages: "collection", "users collection"."""
+
+    def _open(self, url_or_client: str | QdrantClient, api_key: str | None) -> None:
+        """Connect and make sure the collection is there and fits."""
+        self._closed = False
+        self._client, self._owns_client, self._where = connect(url_or_client, api_key)
+        try:
+            self._ensure_collection()
+        except BaseException:
+            self.close()
+            raise
+        logger.info("opened %s", self.description)
+
+    @abc.abstractmethod
+    def _ensure_collection(self) -> None:
+        """Create the collection if missing, else check it fits this store."""
+
+    def _check_open(self) -> None:
+        """Refuse calls after :meth:`close`."""
+        if self._closed:
+            raise FailedPrecondition(f"the store for {self._kind} {self._collection} is closed")
+
+    def count(self, tenant: str | None = None) -> int:
+        """Every point, or one tenant's (an exact count)."""
+        self._check_open()
+        with server_errors(f"count the {self._kind} {self._collection}"):
+            result = self._client.count(
+                self._collection,
+                count_filter=None if tenant is None else client_tenant_filter(tenant),
+                exact=True,
+            )
+        return int(result.count)
+
+    def flush(self) -> None:
+        """Nothing to do: the server acknowledges a write (``wait=True``) once its WAL has it."""
+        self._check_open()
+
+    def close(self) -> None:
+        """Close the client if this store made it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._client.close()
+
+    @property
+    def description(self) -> str:
+        """One line for ``mmrec info``."""
+        return f"qdrant server {self._where}, {self._kind} {self._collection}"
 
 
 def client_vector(values: VectorValues) -> list[float] | models.SparseVector:

@@ -8,15 +8,14 @@ Tests run this code path against ``QdrantClient(":memory:")``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 
 from qdrant_client import QdrantClient, models
 
-from engine.errors import FailedPrecondition, SchemaMismatch
+from engine.errors import SchemaMismatch
 from engine.store.filters import client_tenant_filter
-from engine.store.server_client import connect, server_errors
+from engine.store.server_client import ServerCollection, server_errors
 from engine.store.users import (
     USER_KEYS,
     USER_SCROLL_PAGE,
@@ -44,7 +43,7 @@ def _collection_dims(vectors: object) -> tuple[dict[str, int], list[str]]:
     return {name: int(params.size) for name, params in vectors.items()}, problems
 
 
-class ServerUserStore(UserStore):
+class ServerUserStore(ServerCollection, UserStore):
     """Users in a Qdrant collection: cosine vectors of ``dims``, keyword indexes on tenant
     and user id.
 
@@ -52,6 +51,8 @@ class ServerUserStore(UserStore):
     in is not closed by :meth:`close`. Reopening a collection holding other vector
     sizes is a ``SchemaMismatch``.
     """
+
+    _kind = "users collection"
 
     def __init__(
         self,
@@ -65,14 +66,7 @@ class ServerUserStore(UserStore):
         self.dims = dict(schema.dense)
         self._schema = schema
         self._collection = collection
-        self._closed = False
-        self._client, self._owns_client, self._where = connect(url_or_client, api_key)
-        try:
-            self._ensure_collection()
-        except BaseException:
-            self.close()
-            raise
-        logger.info("opened %s", self.description)
+        self._open(url_or_client, api_key)
 
     def _ensure_collection(self) -> None:
         """Create the collection if missing, else check it holds these vector sizes."""
@@ -107,11 +101,6 @@ class ServerUserStore(UserStore):
             )
             self._client.create_payload_index(self._collection, field, params, wait=True)
         logger.info("created users collection %s on %s", self._collection, self._where)
-
-    def _check_open(self) -> None:
-        """Refuse calls after :meth:`close`."""
-        if self._closed:
-            raise FailedPrecondition(f"the users store for {self._collection} is closed")
 
     def get_many(self, user_ids: Sequence[str], *, tenant: str) -> dict[str, UserRecord]:
         """The records of those users that exist, by user id (one retrieve)."""
@@ -170,32 +159,3 @@ class ServerUserStore(UserStore):
                     yield record
             if offset is None:
                 return
-
-    def count(self, tenant: str | None = None) -> int:
-        """All users, or one tenant's (exact count)."""
-        self._check_open()
-        with server_errors("count users"):
-            result = self._client.count(
-                self._collection,
-                count_filter=None if tenant is None else client_tenant_filter(tenant),
-                exact=True,
-            )
-        return int(result.count)
-
-    def flush(self) -> None:
-        """Nothing to do: the server acknowledges a write (``wait=True``) once its WAL has it."""
-        self._check_open()
-
-    def close(self) -> None:
-        """Close the client if this store made it; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_client:
-            with contextlib.suppress(Exception):
-                self._client.close()
-
-    @property
-    def description(self) -> str:
-        """One line for ``mmrec info``."""
-        return f"qdrant server {self._where}, users collection {self._collection}"
