@@ -12,6 +12,7 @@ fitted on what each stage may see.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -41,7 +42,10 @@ class EngineHarness:
 
     def __init__(self, split: Split, work: Path, *, load_reranker: bool, progress: bool = True
                  ) -> None:
+        """Index the catalog and record the training events into a fresh store under ``work``."""
         self.split, self.progress = split, progress
+        if (work / "store").exists():  # a previous run's events would count twice
+            shutil.rmtree(work / "store")
         self.config = EngineConfig.load(
             clip={"enabled": False}, store={"data_dir": work / "store"},
             sequential={"path": work / "no-model"}, rerank={"model": "" if not load_reranker
