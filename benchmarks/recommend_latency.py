@@ -57,8 +57,9 @@ def raw_parts_ms(harness: EngineHarness, user: str) -> float:
     request = RecommendRequest(tenant=DEFAULT_TENANT, user_id=user, top_k=10)
     examples = recommender.examples(request)
     channels = recommender.channels(examples, request, "profile", 10)
+    settings = recommender.settings
     engine.store.hybrid_search(HybridQuery(channels=channels, limit=10, tenant=DEFAULT_TENANT,
-                                           rrf_k=60,
+                                           fusion=settings.fusion, rrf_k=settings.rrf_k,
                                            filter=ItemFilter(exclude_ids=tuple(examples.seen))))
     return (time.perf_counter() - started) * 1000
 
