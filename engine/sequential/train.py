@@ -12,23 +12,21 @@ MovieLens-100k (the protocol of ``benchmarks.recommend``: leave-one-out by time,
 full ranking; 2 layers, 64-d, batch 64, lr 2e-3, dropout 0.5; seed 0, CPU;
 validation / test NDCG@10):
 
-=====================================================  ===============
-max_len 200, 1 head, no attention dropout (old default)  0.098 / 0.084
-max_len 50, 1 head, no attention dropout                 0.100 / 0.080
-max_len 50, 1 head, attention dropout 0.5                0.116 / 0.094
-max_len 30 / 100, same                                   0.100 / 0.078, 0.110 / 0.091
-dropout 0.6 (both), max_len 50, 1 head                   0.101 / 0.086
-post-LN instead of pre-LN                                0.108 / 0.088
-batch 128, lr 1e-3                                       0.106 / 0.089
-random windows instead of the latest (max_len 200)       0.085 / 0.056
-**max_len 50, 2 heads, attention dropout 0.5**           0.120 / 0.088
-=====================================================  ===============
+- max_len 200, 1 head, no attention dropout (the old default): 0.098 / 0.084
+- max_len 50, 1 head, no attention dropout: 0.100 / 0.080
+- max_len 50, 1 head, attention dropout 0.5: 0.116 / 0.094
+- the same with max_len 30 / 100: 0.100 / 0.078, 0.110 / 0.091
+- the same with dropout 0.6 (both): 0.101 / 0.086
+- the same with post-LN instead of pre-LN: 0.108 / 0.088
+- the same with batch 128, lr 1e-3: 0.106 / 0.089
+- random windows instead of the latest (max_len 200): 0.085 / 0.056
+- max_len 50, 2 heads, attention dropout 0.5 (the default): 0.120 / 0.088
 
 Seed 1 gave 0.109 / 0.084 (1 head) and 0.115 / 0.087 (2 heads). Training with
 early stopping runs about 230 epochs, 5 min on 2 CPU cores. Refitting on every
 item for the best epoch count (``refit``) raised test NDCG@10 from 0.088 to
-0.096 (seed 0): the held-out steps are each user's most recent, the most
-telling ones.
+0.095 (+- 0.001 over seeds 0-2, ``benchmarks/results/recommend_quality.md``):
+the held-out steps are each user's most recent, the most telling ones.
 """
 
 from __future__ import annotations
@@ -64,7 +62,7 @@ def train_sequential(sequences: Sequence[Sequence[str]], settings: SequentialSet
     With ``refit`` (and targets), a fresh network is then trained for the best
     epoch count on the sequences with their targets appended, so the served model
     has learned each user's latest step too (twice the time; on MovieLens-100k
-    test NDCG@10 0.088 -> 0.096, see the module docstring).
+    test NDCG@10 0.088 -> 0.095, see the module docstring).
     Same sequences and settings (seed and threads included) give the same model.
     """
     if valid_targets is not None and len(valid_targets) != len(sequences):
