@@ -87,6 +87,11 @@ class CooccurrenceModel:
         """Item ids and their stored vectors (unit, ``vector_dim`` values)."""
         return list(self.item_ids), mips_items(self.embeddings)
 
+    def embeddings_of(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The raw embeddings of those items the model knows, by item id."""
+        return {item: self.embeddings[self._index[item]] for item in item_ids
+                if item in self._index}
+
     def queries(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """Raw recency-weighted sums of the history items' embeddings [b, dim]."""
         out = np.zeros((len(histories), self.dim), np.float64)

@@ -347,8 +347,7 @@ class Recommender:
             return explanations
         ids = [i.hit.record.id for i in items]
         if self.cooccurrence is not None:
-            vectors = dict(zip(self.cooccurrence.item_ids, self.cooccurrence.embeddings,
-                               strict=True))
+            vectors = self.cooccurrence.embeddings_of([*history, *ids])
             decay = self.cooccurrence.decay
         else:
             vectors = self.retriever.store.vectors([*history, *ids], tenant=request.tenant,

@@ -78,6 +78,7 @@ from engine.store.users import (
     check_user,
     dims_differences,
     prepare_user,
+    records_by_user,
     stored_user,
     user_schema,
 )
@@ -275,17 +276,12 @@ class EdgeUserStore(UserStore):
 
     def get_many(self, user_ids: Sequence[str], *, tenant: str) -> dict[str, UserRecord]:
         """The records of those users that exist, by user id (one retrieve)."""
-        wanted = {check_user(tenant, user_id): user_id for user_id in dict.fromkeys(user_ids)}
+        wanted = [check_user(tenant, user_id) for user_id in dict.fromkeys(user_ids)]
         if not wanted:
             return {}
         with self._reading("read users") as shard:
-            records = shard.retrieve(list(wanted), with_payload=True, with_vector=True)
-        found: dict[str, UserRecord] = {}
-        for stored in records:
-            record = stored_user(stored.payload, stored.vector)
-            if record is not None and record.tenant == tenant and record.user_id in user_ids:
-                found[record.user_id] = record
-        return found
+            records = shard.retrieve(wanted, with_payload=True, with_vector=True)
+        return records_by_user(((r.payload, r.vector) for r in records), tenant, user_ids)
 
     def put_many(self, records: Sequence[UserRecord]) -> None:
         """Insert or replace whole users in one update; journalled, so they survive a crash.

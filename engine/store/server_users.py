@@ -24,6 +24,7 @@ from engine.store.users import (
     check_user,
     dims_differences,
     prepare_user,
+    records_by_user,
     stored_user,
     user_schema,
 )
@@ -112,12 +113,7 @@ class ServerUserStore(ServerCollection, UserStore):
             records = self._client.retrieve(
                 self._collection, ids=wanted, with_payload=True, with_vectors=True
             )
-        found: dict[str, UserRecord] = {}
-        for stored in records:
-            record = stored_user(stored.payload, stored.vector)
-            if record is not None and record.tenant == tenant and record.user_id in user_ids:
-                found[record.user_id] = record
-        return found
+        return records_by_user(((r.payload, r.vector) for r in records), tenant, user_ids)
 
     def put_many(self, records: Sequence[UserRecord]) -> None:
         """Insert or replace whole users in one upsert."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -138,6 +138,19 @@ def stored_user(payload: Mapping[str, Any] | None, vectors: object) -> UserRecor
         },
         payload=_unpacked(payload),
     )
+
+
+def records_by_user(stored: Iterable[tuple[Mapping[str, Any] | None, object]], tenant: str,
+                    user_ids: Iterable[str]) -> dict[str, UserRecord]:
+    """The records among stored (payload, vectors) pairs that belong to ``user_ids`` of
+    ``tenant``, by user id: what both backends' ``get_many`` return."""
+    wanted = set(user_ids)
+    found: dict[str, UserRecord] = {}
+    for payload, vectors in stored:
+        record = stored_user(payload, vectors)
+        if record is not None and record.tenant == tenant and record.user_id in wanted:
+            found[record.user_id] = record
+    return found
 
 
 def _unpacked(payload: Mapping[str, Any]) -> dict[str, Any]:
