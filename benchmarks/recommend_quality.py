@@ -41,8 +41,8 @@ from benchmarks.recommend.protocol import (
     summarize,
 )
 from benchmarks.report import RESULTS, markdown_table, write
-from engine.query import Fusion
-from engine.sequential import SequentialModel, SequentialSettings, train_sequential
+from engine.behaviour.sequential import SequentialModel, SequentialSettings, train_sequential
+from engine.domain import Fusion
 
 WORK = Path(".mmrec/bench/recommend")
 METRICS = ("NDCG@10", "Recall@10", "Recall@20", "Recall@50")

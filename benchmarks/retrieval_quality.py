@@ -32,8 +32,8 @@ from ir_measures import nDCG
 from benchmarks.metrics import evaluate, ranking_to_run
 from benchmarks.report import RESULTS, markdown_table, write
 from engine.config import EngineConfig
-from engine.pipeline import Engine
-from engine.search import SearchRequest
+from engine.domain import SearchRequest
+from engine.runtime.engine import Engine
 from indexers.datasets import stamps_dir, tuxpaint_items, write_jsonl
 from indexers.job import run_index_job
 from indexers.pipeline import JobOptions
@@ -87,7 +87,7 @@ def main() -> None:
               f"LLM: {llm.name if llm and llm.loaded else 'off'}")
         runs, seconds = {}, {}
         for label, row in ROWS.items():
-            if row["rerank"] and engine.pipeline.reranker is None:
+            if row["rerank"] and engine.pipeline.rerank.reranker is None:
                 print(f"{label}: skipped, the LLM is not loaded")
                 continue
             started = time.perf_counter()

@@ -29,14 +29,12 @@ import numpy as np
 from benchmarks.report import RESULTS, markdown_table, write
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.pipeline import Engine
-from engine.query import HybridQuery
+from engine.domain import HybridQuery, ItemRecord, SearchRequest, StoredItem
 from engine.rerank import default_cache_dir
-from engine.search import SearchRequest
+from engine.runtime.engine import Engine
 from engine.service import start_server
-from engine.store.edge_query import hybrid_requests
+from engine.store.edge.query import hybrid_requests
 from engine.store.hybrid import plan_hybrid
-from engine.types import ItemRecord, StoredItem
 from indexers.datasets import DATASETS, movielens_dir, movielens_items, stamps_dir, tuxpaint_items
 
 WORK = Path(".mmrec/bench")
@@ -82,7 +80,7 @@ def raw_parts_ms(engine: Engine, query: str) -> float:
     to time Qdrant itself, below every line of mmrec code.
     """
     started = time.perf_counter()
-    encoded = engine.pipeline.encoder.encode(query, None)
+    encoded = engine.vectoriser.query(query, None)
     encode_s = time.perf_counter() - started
     request = SearchRequest(text=query, image=None, top_k=10, tenant="default")
     channels = engine.pipeline.retriever.channels(encoded, request, 10)
@@ -135,7 +133,7 @@ def measure(size: int, queries: int, rerank_queries: int) -> dict[str, Any]:
                     service.append((time.perf_counter() - started) * 1000)
                 else:
                     raw.append(raw_parts_ms(engine, q))
-        if engine.pipeline.reranker is not None:
+        if engine.pipeline.rerank.reranker is not None:
             for q in texts[:rerank_queries]:
                 started = time.perf_counter()
                 client.search(text=q, top_k=10, rerank=True)

@@ -18,11 +18,10 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine import convert
-from engine.explain import Explanation
-from engine.proto.mmrec.v1 import recommender_pb2 as pb
-from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
-from engine.types import EngineInfo, Event, ItemRecord, RecommendResult, SearchHit
+from engine.domain import EngineInfo, Event, Explanation, ItemRecord, RecommendResult, SearchHit
+from engine.service import convert
+from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "mmrec.v1.Recommender"
 

@@ -22,13 +22,12 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.collaborative import CooccurrenceModel
+from engine.behaviour.cooccurrence import CooccurrenceModel
+from engine.behaviour.sequential import SequentialSettings, train_sequential
 from engine.config import EngineConfig
-from engine.errors import InvalidInput
-from engine.pipeline import Engine
-from engine.profiles import ProfileWeights
-from engine.sequential import SequentialSettings, train_sequential
-from engine.types import DEFAULT_TENANT
+from engine.domain import BEHAVIOUR, COOCCURRENCE, DEFAULT_TENANT, InvalidInput
+from engine.recommend.profiles import ProfileWeights
+from engine.runtime.engine import Engine
 from indexers.interactions import LogStats, read_events, sequences
 
 log = logging.getLogger(__name__)
@@ -88,14 +87,14 @@ def train_behaviour(config: EngineConfig, log_file: Path | None, *,
         targets = [items[-1] if len(items) > 2 else None for items in users.values()]
         model = train_sequential(histories, settings, valid_targets=targets, refit=refit,
                                  progress=progress)
-        written = engine.use_sequential(model, tenant)
+        written = engine.use_behaviour(BEHAVIOUR, model, tenant)
         folder = config.sequential_path()
         model.save(folder)
         if config.sequential.cooccurrence_dim:
             together = CooccurrenceModel.fit(list(users.values()),
                                              dim=config.sequential.cooccurrence_dim,
                                              decay=config.sequential.cooccurrence_decay)
-            engine.use_cooccurrence(together, tenant)
+            engine.use_behaviour(COOCCURRENCE, together, tenant)
             together.save(folder)
     finally:
         engine.close()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import InvalidInput
-from engine.types import DEFAULT_TENANT, ItemRecord
+from engine.domain import DEFAULT_TENANT, InvalidInput, ItemRecord
 
 RESERVED = ("id", "tenant", "title", "text", "image")
 """Row keys with a meaning; every other key is stored as an attribute."""

@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 
 import httpx
 
-from engine.errors import InvalidInput, NotFound, Unavailable
-from engine.images import resolve_image_path
+from engine.domain import InvalidInput, NotFound, Unavailable
+from engine.encoders.images import resolve_image_path
 
 log = logging.getLogger(__name__)
 

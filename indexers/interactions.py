@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.types import DEFAULT_TENANT, Event
+from engine.domain import DEFAULT_TENANT, Event
 
 
 @dataclass(slots=True)

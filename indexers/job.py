@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.pipeline import Engine
+from engine.runtime.engine import Engine
 from indexers.checkpoint import job_files
 from indexers.fetch import FetchOptions
 from indexers.pipeline import IndexJob, JobOptions, JobSummary

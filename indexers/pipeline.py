@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from engine.errors import MmrecError
+from engine.domain import MmrecError
 from indexers import checkpoint as cp
 from indexers.catalog import row_to_record
 from indexers.sources import CatalogSource, SourceRow

@@ -17,10 +17,9 @@ import grpc
 from PIL import Image
 
 from engine.client import MmrecClient
-from engine.errors import InvalidInput, Unavailable
-from engine.images import decode_image
-from engine.pipeline import Engine, ItemInput
-from engine.types import ItemRecord, StoredItem
+from engine.domain import InvalidInput, ItemInput, ItemRecord, StoredItem, Unavailable
+from engine.encoders.images import decode_image
+from engine.runtime.engine import Engine
 from indexers.fetch import FetchOptions, fetch_image_bytes
 
 

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from engine.config import ClipSettings, EngineConfig
-from engine.pipeline import Engine
-from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.runtime.engine import Engine
 from engine.service import RunningServer, start_server
+from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.tiny_models import make_tiny_clip_settings, make_tiny_text_model
 
 

@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from engine.store import EdgeStore, ServerStore, VectorSchema, VectorStore, edge_rebuild
-from engine.types import ItemRecord, StoredItem
+from engine.domain import ItemRecord, StoredItem
+from engine.store import EdgeStore, ServerStore, VectorSchema, VectorStore
+from engine.store.edge import rebuild as edge_rebuild
 
 QDRANT_WARNINGS = [
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from engine.cli import app
 from engine.client import MmrecClient
-from engine.types import ItemRecord
+from engine.domain import ItemRecord
 from tests.conftest import ServerThread
 
 runner = CliRunner()

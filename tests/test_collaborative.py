@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.collaborative import CooccurrenceModel, mips_items, mips_queries
-from engine.errors import InvalidInput, ModelUnavailable
+from engine.behaviour.cooccurrence import CooccurrenceModel, mips_items, mips_queries
+from engine.domain import InvalidInput, ModelUnavailable
 
 USERS = [["a", "b", "c"], ["a", "b"], ["b", "c", "d"], ["d", "e"], ["a", "e", "c"], ["e", "d"]]
 

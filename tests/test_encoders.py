@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from engine.config import ClipSettings, TextEncoderSettings
+from engine.domain import ModelUnavailable
 from engine.encoders import (
     ClipEncoder,
     OpenClipEncoder,
@@ -28,7 +29,6 @@ from engine.encoders import (
     resolve_text_encoder_spec,
 )
 from engine.encoders.text import TransformersTextEncoder, load_text_encoder
-from engine.errors import ModelUnavailable
 from tests.tiny_models import TINY_CLIP_MODEL, make_tiny_clip_settings, make_tiny_text_model
 
 TEXTS = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import InvalidInput, NotFound, Unavailable
+from engine.domain import InvalidInput, NotFound, Unavailable
 from indexers import fetch
 from indexers.fetch import FetchOptions, fetch_image_bytes
 from tests.conftest import png_bytes

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.fusion import VectorFuser, l2_normalise, mix_clip
-from engine.pipeline import Engine, ItemInput
-from engine.types import ItemRecord
+from engine.domain import ItemInput, ItemRecord
+from engine.encoders.fusion import VectorFuser, l2_normalise, mix_clip
+from engine.runtime.engine import Engine
 
 GOLDEN = Path(__file__).parent / "golden" / "fused_tiny.npy"
 

@@ -22,11 +22,16 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+from engine.domain import (
+    ChannelQuery,
+    HybridQuery,
+    InvalidInput,
+    ItemRecord,
+    SparseVector,
+    StoredItem,
+)
 from engine.encoders import LexicalEncoder, LexicalSettings
-from engine.errors import InvalidInput
-from engine.query import ChannelQuery, HybridQuery, SparseVector
 from engine.store import EdgeStore, ServerStore, VectorSchema, VectorStore
-from engine.types import ItemRecord, StoredItem
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),

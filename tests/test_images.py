@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.errors import InvalidInput, NotFound
-from engine.images import decode_image, load_image, resolve_image_path
+from engine.domain import InvalidInput, NotFound
+from engine.encoders.images import decode_image, load_image, resolve_image_path
 from tests.conftest import png_bytes
 
 

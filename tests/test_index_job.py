@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from engine.config import EngineConfig
-from engine.pipeline import Engine
+from engine.runtime.engine import Engine
 from indexers.job import run_index_job
 from indexers.pipeline import JobOptions
 from tests.conftest import png_bytes

@@ -16,8 +16,8 @@ import pytest
 
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.errors import Unavailable
-from engine.pipeline import Engine
+from engine.domain import Unavailable
+from engine.runtime.engine import Engine
 from indexers import checkpoint as cp
 from indexers.fetch import FetchOptions
 from indexers.job import run_index_job

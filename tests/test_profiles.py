@@ -13,17 +13,15 @@ import numpy as np
 import pytest
 
 from engine.config import ProfileSettings
-from engine.errors import InvalidInput
-from engine.profiles import (
+from engine.domain import Event, InvalidInput, ItemFilter, ItemRecord, StoredItem
+from engine.recommend.profiles import (
     ProfileBook,
     ProfileWeights,
     UserProfile,
     profile_to_record,
     record_to_profile,
 )
-from engine.query import ItemFilter
 from engine.store import EdgeStore, EdgeUserStore, VectorSchema
-from engine.types import Event, ItemRecord, StoredItem
 
 DIM = 4
 AXES = {f"i{k}": np.eye(DIM, dtype=np.float32)[k] for k in range(DIM)}

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,13 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.collaborative import CooccurrenceModel
+from engine.behaviour.cooccurrence import CooccurrenceModel
+from engine.behaviour.sequential import SequentialSettings, train_sequential
 from engine.config import EngineConfig
-from engine.errors import InvalidInput
-from engine.pipeline import Engine, ItemInput
-from engine.recommend import RecommendRequest, mmr_order
-from engine.sequential import SequentialSettings, train_sequential
-from engine.types import Event, ItemRecord
+from engine.domain import (
+    BEHAVIOUR,
+    COOCCURRENCE,
+    Event,
+    InvalidInput,
+    ItemInput,
+    ItemRecord,
+    RecommendRequest,
+)
+from engine.recommend.diversity import mmr_order
+from engine.runtime.engine import Engine
 from tests.conftest import make_config
 
 TENANT = "default"
@@ -117,7 +124,7 @@ def test_cold_start_gets_popular_items_within_the_filter(engine: Engine) -> None
     result = engine.recommend(RecommendRequest(tenant=TENANT, user_id="new", top_k=5))
     assert result.cold_start and result.channels == ["popularity"]
     assert [h.record.id for h in result.hits] == ["m7", "m3", "m5"]   # 5, 4, 1
-    from engine.query import ItemFilter, Range
+    from engine.domain import ItemFilter, Range
 
     narrow = ItemFilter(must=(Range("n", gte=4),))
     hits = engine.recommend(RecommendRequest(tenant=TENANT, user_id="new", filter=narrow)).hits
@@ -128,7 +135,7 @@ def test_items_unknown_to_the_behaviour_model_still_come_via_content_and_popular
         engine: Engine) -> None:
     """The model knows m0-m5 only; m6-m9 have no behaviour vector (no interactions yet)."""
     settings = SequentialSettings(dim=8, layers=1, max_len=4, epochs=2, seed=1)
-    engine.use_sequential(train_sequential([IDS[:6], IDS[:6][::-1]], settings,
+    engine.use_behaviour(BEHAVIOUR, train_sequential([IDS[:6], IDS[:6][::-1]], settings,
                                            progress=False), TENANT)
     engine.record_events(events("fan", "m7", kind="purchase") + events("fan", "m8", start=5))
     engine.record_events(events("u", "m1", "m2"))
@@ -179,7 +186,7 @@ def test_behaviour_channel_follows_the_latest_event(engine: Engine) -> None:
     settings = SequentialSettings(dim=8, layers=1, max_len=6, epochs=60, patience=60,
                                   lr=0.01, dropout=0.0, batch_size=40, seed=3)
     model = train_sequential(chains, settings, progress=False)
-    assert engine.use_sequential(model, TENANT) == len(IDS)
+    assert engine.use_behaviour(BEHAVIOUR, model, TENANT) == len(IDS)
     behaviour_only = {"behaviour": 1.0, "fused": 0.0}
     engine.record_events(events("u", "m2", "m3"))
     assert ask(engine, user_id="u", top_k=1, weights=behaviour_only) == ["m4"]
@@ -193,7 +200,7 @@ def test_cooccurrence_channel_ranks_like_recency_weighted_item_knn(engine: Engin
     baskets = [["m0", "m1", "m2"], ["m1", "m2", "m3"], ["m2", "m4"], ["m3", "m4", "m5"],
                ["m6", "m7"], ["m7", "m8", "m9"], ["m0", "m9"]]
     model = CooccurrenceModel.fit(baskets, dim=16, decay=0.5)
-    assert engine.use_cooccurrence(model, TENANT) == len(IDS)
+    assert engine.use_behaviour(COOCCURRENCE, model, TENANT) == len(IDS)
     engine.record_events(events("u", "m7", "m2"))
     raw = model.queries([["m7", "m2"]])[0] @ model.embeddings.T
     score = {item: raw[i] for i, item in enumerate(model.item_ids) if item not in {"m7", "m2"}}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import engine.rerank.loading as loading
-from engine.errors import ModelUnavailable
+from engine.domain import ModelUnavailable
 from engine.rerank import (
     LlmReranker,
     ReasonWriter,

@@ -11,10 +11,10 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from engine.pipeline import Engine
-from engine.proto.mmrec.v1 import recommender_pb2 as pb
-from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 from engine.rerank import RerankScores
+from engine.runtime.engine import Engine
+from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, make_config
 from tests.tiny_llm import make_tiny_llm
 
@@ -159,7 +159,7 @@ class FakeSlowReranker:
 
 def test_budget_expiry_keeps_fused_order_for_the_rest(llm_engine: Engine,
                                                       films: pb_grpc.RecommenderStub) -> None:
-    llm_engine.pipeline.reranker = FakeSlowReranker()  # type: ignore[assignment]
+    llm_engine.pipeline.rerank.reranker = FakeSlowReranker()  # type: ignore[assignment]
     fused = ids(films.Search(pb.SearchRequest(text="film", top_k=5, rerank=False), timeout=30))
     started = time.perf_counter()
     reply = films.Search(pb.SearchRequest(text="film", top_k=5, rerank=True,

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import InvalidInput, ModelUnavailable
-from engine.sequential import SequentialModel, SequentialSettings, train_sequential
-from engine.sequential.artifact import META_FILE, WEIGHTS_FILE, TrainingFacts, build_network
+from engine.behaviour.sequential import SequentialModel, SequentialSettings, train_sequential
+from engine.behaviour.sequential.artifact import (
+    META_FILE,
+    WEIGHTS_FILE,
+    TrainingFacts,
+    build_network,
+)
+from engine.domain import InvalidInput, ModelUnavailable
 
 N_ITEMS = 12
 TINY = SequentialSettings(dim=16, layers=1, heads=2, max_len=8, dropout=0.0, attention_dropout=0.0,

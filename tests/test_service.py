@@ -13,9 +13,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.pipeline import Engine
-from engine.proto.mmrec.v1 import recommender_pb2 as pb
-from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.runtime.engine import Engine
+from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread, make_config, png_bytes
 
 APPLE = pb.Item(id="apple", title="Red apple", text="A shiny red apple from the orchard.",
@@ -240,7 +240,7 @@ def test_without_clip_weights(server_without_clip: ServerThread) -> None:
 
 
 def pb_item_record(item_id: str, title: str):  # type: ignore[no-untyped-def]
-    from engine.types import ItemRecord
+    from engine.domain import ItemRecord
 
     return ItemRecord(id=item_id, title=title)
 
@@ -248,7 +248,7 @@ def pb_item_record(item_id: str, title: str):  # type: ignore[no-untyped-def]
 def test_client_round_trip(server: ServerThread) -> None:
     with MmrecClient(server.target) as client:
         client.wait_ready(timeout=10)
-        from engine.types import ItemRecord
+        from engine.domain import ItemRecord
 
         record = ItemRecord(id="lamp", title="Desk lamp", text="LED desk lamp",
                             attributes={"colour": "black", "watts": 6})

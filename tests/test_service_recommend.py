@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from engine.client import MmrecClient
-from engine.pipeline import Engine
-from engine.proto.mmrec.v1 import recommender_pb2 as pb
-from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.runtime.engine import Engine
+from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread
 from tests.test_service import status_of, upsert
 
@@ -104,7 +104,7 @@ def test_positive_ids_context_and_diversity(shop: pb_grpc.RecommenderStub) -> No
 def test_delete_user_leaves_nothing(server: ServerThread, shop: pb_grpc.RecommenderStub,
                                     engine: Engine) -> None:
     with MmrecClient(server.target) as client:
-        from engine.types import Event
+        from engine.domain import Event
 
         report = client.record_events([Event("eve", "i1", "like", 0, 1.0),
                                        Event("eve", "i3", "view", 0, 2.0)])

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.errors import InvalidInput, NotFound
+from engine.domain import InvalidInput, NotFound
 from indexers.sources import MAX_RAW_CHARS, CatalogSource, SourceRow, open_source
 from tests.conftest import png_bytes
 

@@ -24,9 +24,16 @@ import numpy as np
 import pytest
 
 from engine.config import StoreSettings
-from engine.errors import FailedPrecondition, InvalidInput, SchemaMismatch, Unavailable
-from engine.store import EdgeStore, VectorSchema, VectorStore, edge_rebuild, open_store
-from engine.types import ItemRecord, StoredItem
+from engine.domain import (
+    FailedPrecondition,
+    InvalidInput,
+    ItemRecord,
+    SchemaMismatch,
+    StoredItem,
+    Unavailable,
+)
+from engine.store import EdgeStore, VectorSchema, VectorStore, open_store
+from engine.store.edge import rebuild as edge_rebuild
 from tests.store_fixtures import (
     BACKENDS,
     QDRANT_WARNINGS,
@@ -265,7 +272,7 @@ def test_a_second_edge_store_on_the_same_dir_is_refused(tmp_path: Path) -> None:
 def test_another_process_is_refused_the_data_dir(tmp_path: Path) -> None:
     probe = (
         "import sys; from pathlib import Path\n"
-        "from engine.errors import FailedPrecondition\n"
+        "from engine.domain import FailedPrecondition\n"
         "from engine.store import EdgeStore, VectorSchema\n"
         "try:\n"
         f"    EdgeStore(Path(sys.argv[1]), VectorSchema({dict(SCHEMA.dense)!r}))\n"

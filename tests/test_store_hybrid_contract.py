@@ -22,18 +22,20 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
-from engine.errors import InvalidInput, SchemaMismatch
-from engine.query import (
+from engine.domain import (
     ChannelQuery,
     HybridQuery,
+    InvalidInput,
     ItemFilter,
+    ItemRecord,
     Match,
     MatchAny,
     Range,
+    SchemaMismatch,
     SparseVector,
+    StoredItem,
 )
 from engine.store import EdgeStore, ServerStore, VectorSchema, VectorStore
-from engine.types import ItemRecord, StoredItem
 from tests.store_fixtures import (
     BACKENDS,
     QDRANT_WARNINGS,

@@ -19,10 +19,16 @@ import pytest
 from qdrant_client import QdrantClient
 from qdrant_edge import EdgeShard, UpdateOperation
 
-from engine.errors import InvalidInput
-from engine.query import ItemFilter, Match, MatchAny
+from engine.domain import (
+    InvalidInput,
+    ItemFilter,
+    ItemRecord,
+    Match,
+    MatchAny,
+    StoredItem,
+    point_id,
+)
 from engine.store import EdgeStore, ServerStore, VectorStore
-from engine.types import ItemRecord, StoredItem, point_id
 from tests.store_fixtures import (
     BACKENDS,
     QDRANT_WARNINGS,

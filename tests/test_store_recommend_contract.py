@@ -21,10 +21,17 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from engine.errors import InvalidInput
-from engine.query import ChannelQuery, HybridQuery, ItemFilter, Match, RecommendVectors
+from engine.domain import (
+    ChannelQuery,
+    HybridQuery,
+    InvalidInput,
+    ItemFilter,
+    ItemRecord,
+    Match,
+    RecommendVectors,
+    StoredItem,
+)
 from engine.store import EdgeStore, ServerStore, VectorSchema, VectorStore
-from engine.types import ItemRecord, StoredItem
 from tests.store_fixtures import (
     BACKENDS,
     QDRANT_WARNINGS,

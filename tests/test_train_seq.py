@@ -12,9 +12,8 @@ from typer.testing import CliRunner
 
 from engine.cli import app
 from engine.config import EngineConfig
-from engine.pipeline import Engine, ItemInput
-from engine.recommend import RecommendRequest
-from engine.types import ItemRecord
+from engine.domain import ItemInput, ItemRecord, RecommendRequest
+from engine.runtime.engine import Engine
 from indexers.interactions import LogStats, read_events, sequences
 from tests.test_cli import write_config
 

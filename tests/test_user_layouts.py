@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 
+from engine.store.edge.journal import entry_vectors, put_entry
 from engine.store.schema import VectorSchema
-from engine.store.user_journal import entry_vectors, put_entry
 from engine.store.users import PACKED, UserRecord, prepare_user, stored_user
 
 PAYLOAD = {"items": ["a", "b"], "kinds": ["view", "purchase"], "values": [0.0, 2.5],

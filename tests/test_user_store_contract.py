@@ -32,16 +32,16 @@ from qdrant_edge import (
 )
 
 from engine.config import StoreSettings
-from engine.errors import FailedPrecondition, InvalidInput, SchemaMismatch, Unavailable
+from engine.domain import FailedPrecondition, InvalidInput, SchemaMismatch, Unavailable
 from engine.store import (
     EdgeStore,
     EdgeUserStore,
     ServerUserStore,
     UserRecord,
     UserStore,
-    edge_users,
     open_user_store,
 )
+from engine.store.edge import users as edge_users
 from engine.store.users import user_point_id
 from tests.store_fixtures import QDRANT_WARNINGS, SCHEMA, TENANT, at, item
 
@@ -324,7 +324,7 @@ def test_a_second_open_of_the_users_folder_is_refused(tmp_path: Path) -> None:
         assert first.count() == 1
     probe = (
         "import sys; from pathlib import Path\n"
-        "from engine.errors import FailedPrecondition\n"
+        "from engine.domain import FailedPrecondition\n"
         "from engine.store import EdgeUserStore\n"
         "try:\n"
         f"    EdgeUserStore(Path(sys.argv[1]), {DIMS!r})\n"

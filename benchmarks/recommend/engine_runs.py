@@ -19,13 +19,20 @@ from pathlib import Path
 from tqdm import tqdm
 
 from benchmarks.recommend.protocol import Split, Stage
-from engine.collaborative import CooccurrenceModel
+from engine.behaviour.cooccurrence import CooccurrenceModel
+from engine.behaviour.sequential import SequentialModel
 from engine.config import EngineConfig
-from engine.pipeline import Engine, ItemInput
-from engine.query import Fusion
-from engine.recommend import RecommendRequest
-from engine.sequential import SequentialModel
-from engine.types import DEFAULT_TENANT, Event, ItemRecord
+from engine.domain import (
+    BEHAVIOUR,
+    COOCCURRENCE,
+    DEFAULT_TENANT,
+    Event,
+    Fusion,
+    ItemInput,
+    ItemRecord,
+    RecommendRequest,
+)
+from engine.runtime.engine import Engine
 from indexers.datasets import movielens_dir, movielens_items
 
 KIND = "view"
@@ -100,7 +107,7 @@ class EngineHarness:
 
     def use_model(self, model: SequentialModel) -> None:
         """Serve this seed's behaviour model."""
-        self.engine.use_sequential(model, DEFAULT_TENANT)
+        self.engine.use_behaviour(BEHAVIOUR, model, DEFAULT_TENANT)
 
     def fit_cooccurrence(self) -> None:
         """Fit and serve the co-occurrence channel on what the current stage may see."""
@@ -108,7 +115,7 @@ class EngineHarness:
         sequences = [[self.ids[i] for i in h] for h in self.split.history(self.stage)]
         model = CooccurrenceModel.fit(sequences, dim=config.cooccurrence_dim,
                                       decay=config.cooccurrence_decay)
-        self.engine.use_cooccurrence(model, DEFAULT_TENANT)
+        self.engine.use_behaviour(COOCCURRENCE, model, DEFAULT_TENANT)
 
     def rankings(self, weights: Mapping[str, float], *, users: Sequence[int] | None = None,
                  top_k: int = 50, rerank: bool = False, budget_ms: int = 60_000,

@@ -18,6 +18,7 @@ import open_clip
 import torch
 from PIL import Image
 
+from engine.domain import ModelUnavailable
 from engine.encoders.base import (
     autocast_for,
     batches,
@@ -25,9 +26,8 @@ from engine.encoders.base import (
     require_sequence,
     unit_rows,
 )
+from engine.encoders.images import to_rgb
 from engine.encoders.registry import ClipSpec
-from engine.errors import ModelUnavailable
-from engine.images import to_rgb
 
 logger = logging.getLogger(__name__)
 

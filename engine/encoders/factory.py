@@ -22,11 +22,11 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 
 from engine.config import ClipSettings, TextEncoderSettings
+from engine.domain import ModelUnavailable
 from engine.encoders.base import ClipEncoder, TextEncoder
 from engine.encoders.clip import load_clip_encoder
 from engine.encoders.registry import ClipSpec, TextEncoderSpec, find_text_encoder
 from engine.encoders.text import load_text_encoder
-from engine.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 

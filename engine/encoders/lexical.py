@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from qdrant_edge import Bm25, Bm25Config, DisabledStemmer, StopwordsSet
 
-from engine.errors import InvalidInput
-from engine.query import SparseVector
+from engine.domain import InvalidInput, SparseVector
 
 _WORD = re.compile(r"\w+(?:['\u2019.\-]\w+)*")
 """A query word as a person reads it: letters and digits, inner apostrophes, dots, hyphens."""

@@ -20,9 +20,9 @@ import torch
 from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
 from engine.config import Pooling
+from engine.domain import ModelUnavailable
 from engine.encoders.base import batches, empty_embeddings, require_sequence, unit_rows
 from engine.encoders.registry import TextEncoderSpec
-from engine.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 

@@ -13,14 +13,16 @@ scoring is contrastive log-likelihood with shared prompt caches
 (:mod:`engine.rerank.reasons`).
 """
 
-from engine.rerank.llm import LlmReranker, RerankScores, merge_order
+from engine.rerank.llm import LlmReranker
 from engine.rerank.loading import RerankerSpec, default_cache_dir, load_causal_lm
 from engine.rerank.reasons import ReasonWriter
+from engine.rerank.stage import RerankScores, RerankStage, merge_order
 
 __all__ = [
     "LlmReranker",
     "ReasonWriter",
     "RerankScores",
+    "RerankStage",
     "RerankerSpec",
     "default_cache_dir",
     "load_causal_lm",

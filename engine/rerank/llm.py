@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from engine.errors import InvalidInput
+from engine.domain import InvalidInput
 from engine.rerank.layouts import (
     Batch,
     Layout,
@@ -46,6 +46,7 @@ from engine.rerank.layouts import (
     repeat,
 )
 from engine.rerank.loading import RerankerSpec, load_causal_lm
+from engine.rerank.stage import RerankScores, merge_order
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +56,6 @@ NEUTRAL_INSTRUCTION = "I am looking for something. Suggest one item."
 PLAIN_QUERY_PROMPT = "I am looking for: {query}. One item that fits:\n"
 PLAIN_NEUTRAL_PROMPT = "I am looking for something. One item that fits:\n"
 """The same two prompts for tokenizers without a chat template."""
-
-
-@dataclass(frozen=True, slots=True)
-class RerankScores:
-    """LLM relevance per candidate, in input order."""
-
-    scores: list[float | None]
-    """Higher is more relevant; None for candidates not scored before the deadline."""
-    scored: int
-    """How many candidates have a score (always the first ``scored`` ones)."""
-    seconds: float
-    """Wall time of the call."""
 
 
 @dataclass(frozen=True)
@@ -352,16 +341,6 @@ class LlmReranker:
         old = self._seconds_per_position
         self._seconds_per_position = (seconds_per_position if old is None
                                       else (old + seconds_per_position) / 2)
-
-
-def merge_order(scores: Sequence[float | None]) -> list[int]:
-    """Input indices in final order: scored ones sorted within their slots, unscored stay put."""
-    slots = [i for i, value in enumerate(scores) if value is not None]
-    ranked = sorted(slots, key=lambda i: -float(scores[i]))  # type: ignore[arg-type]  # stable
-    order = list(range(len(scores)))
-    for slot, index in zip(slots, ranked, strict=True):
-        order[slot] = index
-    return order
 
 
 def _no_time_for(deadline: float | None, seconds_per_position: float | None = None,

@@ -30,7 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.config import RerankSettings
-from engine.errors import ModelUnavailable
+from engine.domain import ModelUnavailable
 
 try:  # POSIX only; without it two processes may both convert (the rename still keeps one).
     import fcntl

@@ -14,10 +14,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.config import EngineConfig
-from engine.pipeline import Engine
-from engine.proto.mmrec.v1 import recommender_pb2 as pb
-from engine.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
-from engine.service.recommender import RecommenderService
+from engine.runtime.engine import Engine
+from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.service.servicer import RecommenderService
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from engine.errors import (
+from engine.domain import (
     FailedPrecondition,
     InvalidInput,
     MmrecError,

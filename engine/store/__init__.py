@@ -17,10 +17,10 @@ from collections.abc import Mapping
 
 from engine.config import StoreSettings
 from engine.store.base import VectorSchema, VectorStore
-from engine.store.edge import EdgeStore
-from engine.store.edge_users import EdgeUserStore
-from engine.store.server import ServerStore
-from engine.store.server_users import ServerUserStore
+from engine.store.edge.store import EdgeStore
+from engine.store.edge.users import EdgeUserStore
+from engine.store.server.store import ServerStore
+from engine.store.server.users import ServerUserStore
 from engine.store.users import UserRecord, UserStore
 
 __all__ = [

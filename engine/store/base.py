@@ -20,8 +20,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.errors import InvalidInput
-from engine.query import ChannelQuery, FusedHit, HybridQuery, ItemFilter, SparseVector
+from engine.domain import (
+    ChannelQuery,
+    FusedHit,
+    HybridQuery,
+    InvalidInput,
+    ItemFilter,
+    ItemRecord,
+    SearchHit,
+    SparseVector,
+    StoredItem,
+)
 from engine.store.lifecycle import StoreLifecycle
 from engine.store.schema import (
     SparseValues,
@@ -32,7 +41,6 @@ from engine.store.schema import (
     check_limit,
     vector_values,
 )
-from engine.types import ItemRecord, SearchHit, StoredItem
 
 __all__ = [
     "FLOAT_INDEXED_FIELDS",

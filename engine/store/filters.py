@@ -1,4 +1,4 @@
-"""Payload filters: validation of an ``ItemFilter`` and its conversion for each backend.
+"""Payload filters: validation of an ``ItemFilter`` into a backend-neutral :class:`FilterPlan`.
 
 Attribute keys name item attributes (``genres``, ``year``); the payload keeps
 them under ``attributes``, so a key becomes the path ``attributes.<key>`` (dots
@@ -11,7 +11,8 @@ No payload index is created for attributes: Qdrant filters unindexed payload
 correctly (the tenant's keyword index narrows the candidates first), and an
 index needs a type we do not know before the catalog arrives.
 
-This module and the two backends are the only places that import Qdrant types.
+This module validates and plans; ``engine.store.edge.filters`` and
+``engine.store.server.filters`` turn a plan into each backend's Qdrant types.
 """
 
 from __future__ import annotations
@@ -20,20 +21,8 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-import numpy as np
-from qdrant_client import models
-from qdrant_edge import (
-    FieldCondition,
-    Filter,
-    HasIdCondition,
-    MatchAny,
-    MatchValue,
-    RangeFloat,
-)
-
-from engine import query as q
-from engine.errors import InvalidInput
-from engine.types import point_id
+from engine import domain as q
+from engine.domain import InvalidInput, point_id
 
 ATTRIBUTES = "attributes"
 """The payload key under which item attributes live (see ``record_to_payload``)."""
@@ -113,79 +102,3 @@ def with_condition(plan: FilterPlan, condition: q.Condition) -> FilterPlan:
     """``plan`` with one more ``must`` condition, whose key is a payload path as it is
     (the store's own fields, such as ``popularity``; not an attribute key)."""
     return replace(plan, must=(*plan.must, condition))
-
-
-# -- qdrant-edge ------------------------------------------------------------------------------
-
-
-def _edge_match_value(value: str | int | bool) -> MatchValue:
-    """``MatchValue`` for qdrant-edge. Its 0.9.0 binding reads a Python ``bool`` as the
-    integer 1 or 0, which then matches no boolean payload; a numpy bool stays a bool."""
-    return MatchValue(np.bool_(value) if isinstance(value, bool) else value)
-
-
-def _edge_condition(condition: q.Condition) -> FieldCondition:
-    """One validated condition as a qdrant-edge field condition."""
-    if isinstance(condition, q.Match):
-        return FieldCondition(key=condition.key, match=_edge_match_value(condition.value))
-    if isinstance(condition, q.MatchAny):
-        return FieldCondition(key=condition.key, match=MatchAny(list(condition.values)))
-    return FieldCondition(
-        key=condition.key,
-        range=RangeFloat(gte=condition.gte, gt=condition.gt, lte=condition.lte, lt=condition.lt),
-    )
-
-
-def edge_tenant_filter(tenant: str) -> Filter:
-    """Only points whose payload tenant equals ``tenant`` (qdrant-edge)."""
-    return Filter(must=[FieldCondition(key="tenant", match=MatchValue(tenant))])
-
-
-def edge_filter(plan: FilterPlan) -> Filter:
-    """The whole filter, tenant included, for qdrant-edge."""
-    must = [FieldCondition(key="tenant", match=MatchValue(plan.tenant))]
-    must += [_edge_condition(c) for c in plan.must]
-    must_not: list[FieldCondition | HasIdCondition] = [
-        _edge_condition(c) for c in plan.must_not
-    ]
-    if plan.excluded_points:
-        must_not.append(HasIdCondition(set(plan.excluded_points)))
-    return Filter(must=must, must_not=must_not or None)
-
-
-# -- qdrant-client ----------------------------------------------------------------------------
-
-
-def _client_condition(condition: q.Condition) -> models.FieldCondition:
-    """One validated condition as a qdrant-client field condition."""
-    if isinstance(condition, q.Match):
-        return models.FieldCondition(
-            key=condition.key, match=models.MatchValue(value=condition.value)
-        )
-    if isinstance(condition, q.MatchAny):
-        return models.FieldCondition(
-            key=condition.key, match=models.MatchAny(any=list(condition.values))
-        )
-    return models.FieldCondition(
-        key=condition.key,
-        range=models.Range(gte=condition.gte, gt=condition.gt, lte=condition.lte, lt=condition.lt),
-    )
-
-
-def client_tenant_filter(tenant: str) -> models.Filter:
-    """Only points whose payload tenant equals ``tenant`` (qdrant-client)."""
-    return models.Filter(
-        must=[models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant))]
-    )
-
-
-def client_filter(plan: FilterPlan) -> models.Filter:
-    """The whole filter, tenant included, for qdrant-client."""
-    must: list[models.Condition] = [
-        models.FieldCondition(key="tenant", match=models.MatchValue(value=plan.tenant))
-    ]
-    must += [_client_condition(c) for c in plan.must]
-    must_not: list[models.Condition] = [_client_condition(c) for c in plan.must_not]
-    if plan.excluded_points:
-        must_not.append(models.HasIdCondition(has_id=list(plan.excluded_points)))
-    return models.Filter(must=must, must_not=must_not or None)

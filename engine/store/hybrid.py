@@ -33,8 +33,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.errors import InvalidInput
-from engine.query import ChannelHit, ChannelQuery, FusedHit, HybridQuery, RecommendVectors
+from engine.domain import (
+    ChannelHit,
+    ChannelQuery,
+    FusedHit,
+    HybridQuery,
+    InvalidInput,
+    RecommendVectors,
+)
 from engine.store.base import payload_to_record
 from engine.store.filters import FilterPlan, plan_filter
 from engine.store.schema import (

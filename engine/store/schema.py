@@ -15,8 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.errors import InvalidInput
-from engine.query import SparseVector
+from engine.domain import InvalidInput, SparseVector
 
 MAX_SPARSE_INDEX = 2**32 - 1
 """Qdrant keeps sparse term ids as unsigned 32-bit integers."""

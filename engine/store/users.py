@@ -28,10 +28,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.errors import InvalidInput
+from engine.domain import InvalidInput, point_id
 from engine.store.lifecycle import StoreLifecycle
 from engine.store.schema import VectorSchema, vector_values
-from engine.types import point_id
 
 USER_KEYS: tuple[str, ...] = ("tenant", "user_id")
 """Payload keys the store sets on every user point; a record's payload may not change them."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engine.errors import InvalidInput, NotFound
+from engine.domain import InvalidInput, NotFound
 from indexers.sources.base import (
     ACCEPTED,
     BOM,

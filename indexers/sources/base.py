@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.errors import InvalidInput
+from engine.domain import InvalidInput
 
 MAX_RAW_CHARS = 10_000
 """``SourceRow.raw`` is cut to this many characters (dead-letter files stay readable)."""

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.errors import InvalidInput
+from engine.domain import InvalidInput
 from indexers.sources.base import (
     PARQUET_BATCH_ROWS,
     CatalogFile,

@@ -11,7 +11,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO
 
-from engine.errors import InvalidInput
+from engine.domain import InvalidInput
 from indexers.sources.base import (
     BOM,
     READ_ERRORS,

@@ -1,0 +1,210 @@
+"""Recommendations from behaviour: history -> channels -> one fused query -> LLM -> MMR.
+
+For a user (their recorded profile) and/or explicit positive and negative
+items, :class:`engine.recommend.channels.RecommendChannels` builds a query per
+channel (behaviour, co-occurrence, content, context). All of them go to the
+store in one Query API call (RRF or DBSF) with the request's filter and the
+seen items excluded. With no history the user gets popular items within the
+filter (and the context). The top candidates may be re-scored by the LLM given
+the recent history's titles (LlamaRec's idea), under the same budget rules as
+search (:class:`engine.rerank.stage.RerankStage`), and the final list may be
+diversified by maximal marginal relevance. Explanations name the history items
+behind each result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from engine.behaviour import CooccurrenceModel
+from engine.config import RecommendSettings
+from engine.domain import (
+    BEHAVIOUR_CHANNELS,
+    POPULARITY,
+    STRATEGIES,
+    ChannelQuery,
+    Explanation,
+    FusedHit,
+    HybridQuery,
+    InvalidInput,
+    ItemFilter,
+    RankedItem,
+    RecommendRequest,
+    RecommendResult,
+)
+from engine.recommend.channels import Examples, RecommendChannels
+from engine.recommend.diversity import mmr_order
+from engine.rerank.explain import Explainer
+from engine.rerank.stage import RerankStage, search_hits
+
+_HISTORY_TITLES = 10
+"""Recent history titles shown to the LLM."""
+_BECAUSE_OF = 3
+
+
+class Recommender:
+    """Builds the channels from history, runs one fused query, re-ranks, diversifies, explains."""
+
+    def __init__(self, channels: RecommendChannels, rerank: RerankStage, explainer: Explainer,
+                 settings: RecommendSettings) -> None:
+        self.channels, self.rerank, self.explainer = channels, rerank, explainer
+        self.settings = settings
+        self.profiles, self.store = channels.profiles, channels.store
+
+    def examples(self, request: RecommendRequest) -> Examples:
+        """The user's history plus the explicit items (explicit ones count as newest)."""
+        profile = (self.profiles.get(request.user_id, tenant=request.tenant)
+                   if request.user_id else None)
+        weights = self.profiles.weights
+        positives = profile.positives(weights) if profile else []
+        negatives = profile.negatives(weights) if profile else []
+        positives = [p for p in positives if p not in request.positive_ids]
+        positives += list(dict.fromkeys(request.positive_ids))
+        negatives = list(dict.fromkeys([*negatives, *request.negative_ids]))
+        seen = list(dict.fromkeys([*(profile.seen if profile else ()), *request.positive_ids,
+                                   *request.negative_ids]))
+        return Examples(profile, positives, negatives, seen)
+
+    def recommend(self, request: RecommendRequest) -> RecommendResult:
+        """Run every stage; LLM re-ranking stops at the budget, never the recommendation."""
+        strategy = request.strategy or self.settings.strategy
+        if strategy not in STRATEGIES:
+            raise InvalidInput(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+        if not request.user_id and not request.positive_ids and not request.context:
+            raise InvalidInput("a recommendation needs a user_id, positive_ids or context text")
+        examples = self.examples(request)
+        item_filter = self._unseen(request, examples)
+        rerank = self.rerank.wanted(request, has_query=bool(examples.positives))
+        limit = self.rerank.pool_size(request, rerank=rerank)
+        if request.diversity is not None:
+            limit = max(limit, 3 * request.top_k)
+        fusion = request.fusion or self.settings.fusion
+        channels = (self.channels.build(examples, request, strategy, limit)
+                    if examples.positives or examples.negatives else [])
+        history_channels = (*BEHAVIOUR_CHANNELS, self.settings.content_vector)
+        has_history = any(c.using in history_channels for c in channels)
+        if has_history:
+            hits = self.store.hybrid_search(HybridQuery(
+                channels=channels, limit=limit, tenant=request.tenant, fusion=fusion,
+                rrf_k=request.rrf_k or self.settings.rrf_k, filter=item_filter,
+                with_channel_hits=request.explain))
+            names = [c.using for c in channels]
+            if len(hits) < limit:
+                hits, filled = self._fill(hits, request, item_filter, limit)
+                names += [POPULARITY] if filled else []
+        else:
+            hits, names = self._popular(request, item_filter, limit)
+        prompt = self._history_prompt(examples, request) if rerank else ""
+        ranked = self.rerank.apply(hits, prompt, request, rerank=rerank)
+        items = ranked.items
+        if request.diversity is not None and len(items) > 1:
+            items = self._diversify(items, request)
+        items = items[:request.top_k]
+        explanations = (self._explain(items, examples, request, ranked.deadline)
+                        if request.explain else None)
+        return RecommendResult(hits=search_hits(items), channels=names, fusion=fusion,
+                               strategy=strategy, cold_start=not has_history,
+                               reranked=ranked.reranked,
+                               budget_exhausted=ranked.budget_exhausted,
+                               explanations=explanations)
+
+    def _unseen(self, request: RecommendRequest, examples: Examples) -> ItemFilter:
+        """The request's filter, with the seen items excluded unless asked to keep them."""
+        include_seen = (self.settings.include_seen if request.include_seen is None
+                        else request.include_seen)
+        if include_seen or not examples.seen:
+            return request.filter
+        return replace(request.filter, exclude_ids=tuple(dict.fromkeys(
+            [*request.filter.exclude_ids, *examples.seen])))
+
+    def _popular(self, request: RecommendRequest, item_filter: ItemFilter, limit: int
+                 ) -> tuple[list[FusedHit], list[str]]:
+        """Cold start: popular items in the filter; with context, popular among its matches."""
+        if not request.context:
+            popular = self.store.popular(tenant=request.tenant, filter=item_filter, limit=limit)
+            return [FusedHit(h.record, h.score) for h in popular], [POPULARITY]
+        encoded = self.channels.vectoriser.query(request.context, None)
+        weights = self.channels.weights(request)
+        channels = [ChannelQuery(name, vector, self.settings.candidates, weights.get(name, 1.0))
+                    for name, vector in encoded.vectors.items()]
+        matches = self.store.hybrid_search(HybridQuery(
+            channels=channels, limit=self.settings.candidates, tenant=request.tenant,
+            filter=item_filter, rrf_k=self.settings.rrf_k, with_channel_hits=request.explain))
+        popular = self.store.popular(tenant=request.tenant, filter=item_filter,
+                                     limit=max(1000, self.settings.candidates))
+        pop_rank = {h.record.id: rank for rank, h in enumerate(popular, start=1)}
+        k = self.settings.rrf_k
+        scored = [(1 / (k + rank) + (1 / (k + pop_rank[h.record.id])
+                                     if h.record.id in pop_rank else 0.0), h)
+                  for rank, h in enumerate(matches, start=1)]
+        scored.sort(key=lambda pair: -pair[0])
+        hits = [FusedHit(h.record, score, h.channels) for score, h in scored[:limit]]
+        return hits, [c.using for c in channels] + [POPULARITY]
+
+    def _fill(self, hits: list[FusedHit], request: RecommendRequest, item_filter: ItemFilter,
+              limit: int) -> tuple[list[FusedHit], bool]:
+        """Top up a short list with popular items it does not hold yet."""
+        have = [h.record.id for h in hits]
+        more = self.store.popular(
+            tenant=request.tenant, limit=limit - len(hits),
+            filter=replace(item_filter, exclude_ids=(*item_filter.exclude_ids, *have)))
+        return hits + [FusedHit(h.record, 0.0) for h in more], bool(more)
+
+    def _history_prompt(self, examples: Examples, request: RecommendRequest) -> str:
+        """What the LLM conditions on: the latest liked titles and the context."""
+        recent = examples.positives[-_HISTORY_TITLES:]
+        records = self.store.get(recent, tenant=request.tenant)
+        titles = "; ".join(r.title or r.document_text[:80] for r in records)
+        prompt = f"more like what I enjoyed recently: {titles}" if titles else ""
+        if request.context:
+            prompt = f"{request.context}, {prompt}" if prompt else request.context
+        return prompt
+
+    def _diversify(self, items: list[RankedItem], request: RecommendRequest) -> list[RankedItem]:
+        """MMR over the final candidates on the content vector (items without one keep place)."""
+        ids = [i.hit.record.id for i in items]
+        found = self.store.vectors(ids, tenant=request.tenant, using=self.settings.content_vector)
+        dim = next(iter(found.values())).shape[0] if found else 1
+        vectors = np.stack([found.get(i, np.zeros(dim, np.float32)) for i in ids])
+        order = mmr_order(vectors, request.top_k, float(request.diversity or 1.0))
+        return [items[i] for i in order]
+
+    def _explain(self, items: list[RankedItem], examples: Examples, request: RecommendRequest,
+                 deadline: float) -> list[Explanation]:
+        """Channel standings, LLM score, and the history items behind each result.
+
+        With the co-occurrence channel the attribution is exact: its score is
+        ``sum_p w_p e_p . e_j``, so history item ``p`` contributed ``w_p e_p . e_j``.
+        Without it, the history items closest on the content vector (recency-weighted).
+        """
+        explanations = self.explainer.explain(request.context, items, with_reason=False,
+                                              deadline=deadline)
+        history = examples.positives[-self.profiles.settings.recent:]
+        if not history:
+            return explanations
+        ids = [i.hit.record.id for i in items]
+        cooccurrence = next((m for m in self.channels.models.values()
+                             if isinstance(m, CooccurrenceModel)), None)
+        if cooccurrence is not None:
+            vectors = cooccurrence.embeddings_of([*history, *ids])
+            decay = cooccurrence.decay
+        else:
+            vectors = self.store.vectors([*history, *ids], tenant=request.tenant,
+                                         using=self.settings.content_vector)
+            decay = self.profiles.weights.decay(0, 0)
+        past = [h for h in history if h in vectors]
+        if not past:
+            return explanations
+        past_vectors = np.stack([vectors[h] for h in past])
+        recency = decay ** np.arange(len(past) - 1, -1, -1)
+        out = []
+        for item_id, explanation in zip(ids, explanations, strict=True):
+            if item_id not in vectors:
+                out.append(explanation)
+                continue
+            influence = (past_vectors @ vectors[item_id]) * recency
+            best = [past[j] for j in np.argsort(-influence)[:_BECAUSE_OF] if influence[j] > 0]
+            out.append(replace(explanation, because_of=best))
+        return out

@@ -1,0 +1,237 @@
+"""The mmrec.v1.Recommender servicer: validates requests and calls the engine.
+
+Blocking work (encoders, store) runs on a bounded thread pool so the event
+loop keeps answering health checks, and every call is bounded by the
+request's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import grpc
+
+from engine.config import ServiceSettings
+from engine.domain import Event, ItemInput, MmrecError, NotFound
+from engine.runtime import Engine
+from engine.service import convert
+from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.service.status import mapped_errors
+from engine.service.validate import RequestValidator, tenant, user_id
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+UPSERT_BATCH = 64
+EVENT_BATCH = 256
+
+
+class RecommenderService(pb_grpc.RecommenderServicer):
+    """gRPC front of an :class:`Engine`."""
+
+    def __init__(self, engine: Engine, settings: ServiceSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.validate = RequestValidator(settings, {*engine.schema.dense, *engine.schema.sparse})
+        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="mmrec-rpc")
+        self._writes_since_build = 0
+
+    async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T],
+                   *args: object) -> T:
+        """Run blocking engine work off the event loop, within the request's deadline."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.pool, fn, *args)
+        remaining = context.time_remaining()
+        return await asyncio.wait_for(future, timeout=remaining)
+
+    # ----------------------------------------------------------------- Search
+    @mapped_errors
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
+                     ) -> pb.SearchResponse:
+        """Validate a search, encode the query and return the nearest items."""
+        query = self.validate.search(request, context.time_remaining())
+        result = await self._run(context, self.engine.search, query)
+        return convert.search_response(result)
+
+    # ------------------------------------------------------------ UpsertItems
+    @mapped_errors
+    async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
+                          context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
+        """Store a stream of items in batches; report each invalid one and keep going.
+
+        Reading pauses while a batch is encoded, so gRPC flow control pushes
+        back on a fast client instead of buffering the stream in memory.
+        """
+        upserted = 0
+        rejected: list[pb.RejectedItem] = []
+        batch: dict[str, tuple[int, ItemInput]] = {}
+        index = -1
+        async for message in request_iterator:
+            index += 1
+            try:
+                item = self.validate.item(message.item)
+            except MmrecError as exc:
+                rejected.append(pb.RejectedItem(index=index, id=message.item.id, reason=str(exc)))
+                continue
+            batch[item.record.point_id] = (index, item)  # a later copy of an id wins
+            if len(batch) >= UPSERT_BATCH:
+                upserted += await self._flush(context, batch, rejected)
+        upserted += await self._flush(context, batch, rejected)
+        return pb.UpsertItemsResponse(upserted=upserted, rejected=rejected)
+
+    async def _flush(self, context: grpc.aio.ServicerContext,
+                     batch: dict[str, tuple[int, ItemInput]], rejected: list[pb.RejectedItem]
+                     ) -> int:
+        """Encode and store a batch; items the engine refuses are reported, the rest stored."""
+        entries = list(batch.values())
+        batch.clear()
+        if not entries:
+            return 0
+        encoded, refused = await self._run(context, self.engine.encode_each,
+                                           [item for _, item in entries])
+        for position, reason in refused:
+            index, item = entries[position]
+            rejected.append(pb.RejectedItem(index=index, id=item.record.id, reason=reason))
+        await self._run(context, self.engine.store.upsert, encoded)
+        self._schedule_index_build(len(encoded))
+        return len(encoded)
+
+    def _schedule_index_build(self, written: int) -> None:
+        """Start a background HNSW build after every `store.optimize_after` writes.
+
+        Items written through the service are searched by brute force until a
+        build folds them into the index; the store builds without blocking reads.
+        """
+        self._writes_since_build += written
+        if self._writes_since_build >= self.engine.config.store.optimize_after:
+            self._writes_since_build = 0
+            self.engine.store.optimize()
+
+    # --------------------------------------------------------- Get and Delete
+    @mapped_errors
+    async def GetItems(self, request: pb.GetItemsRequest, context: grpc.aio.ServicerContext
+                       ) -> pb.GetItemsResponse:
+        """The items asked for, in order; NOT_FOUND names any id that does not exist."""
+        ids = self.validate.ids(request.ids)
+        records = await self._run(context, self.engine.get, ids, tenant(request.tenant))
+        found = {r.id for r in records}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            shown = ", ".join(repr(i) for i in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise NotFound(f"{len(missing)} unknown item id(s) in tenant "
+                           f"{tenant(request.tenant)!r}: {shown}{more}")
+        by_id = {r.id: r for r in records}
+        return pb.GetItemsResponse(items=[convert.record_to_item(by_id[i]) for i in ids])
+
+    @mapped_errors
+    async def DeleteItems(self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.DeleteItemsResponse:
+        """Delete items; unknown ids are listed, so retrying a delete is safe."""
+        ids = self.validate.ids(request.ids)
+        scope = tenant(request.tenant)
+        existing = {r.id for r in await self._run(context, self.engine.get, ids, scope)}
+        deleted = await self._run(context, self.engine.delete, sorted(existing), scope)
+        return pb.DeleteItemsResponse(deleted=deleted,
+                                      missing_ids=[i for i in ids if i not in existing])
+
+    # ---------------------------------------------------------- RecordEvents
+    @mapped_errors
+    async def RecordEvents(self, request_iterator: AsyncIterator[pb.Event],
+                           context: grpc.aio.ServicerContext) -> pb.RecordEventsResponse:
+        """Fold a stream of events into profiles; report each refused event.
+
+        A reader task queues the stream; each round applies whatever has arrived
+        (up to ``EVENT_BATCH``), so a lone event is applied at once and a fast
+        stream is applied in batches. The bounded queue pushes back on a client
+        that sends faster than profiles are written.
+        """
+        queue: asyncio.Queue[tuple[int, pb.Event] | None] = asyncio.Queue(4 * EVENT_BATCH)
+
+        async def read() -> None:
+            index = -1
+            try:
+                async for message in request_iterator:
+                    index += 1
+                    await queue.put((index, message))
+            finally:  # a broken stream ends the call; what arrived is recorded
+                await queue.put(None)
+
+        reader = asyncio.create_task(read())
+        recorded, users, rejected = 0, set(), []
+        try:
+            finished = False
+            while not finished:
+                messages = [await queue.get()]
+                while not queue.empty() and len(messages) < EVENT_BATCH:
+                    messages.append(queue.get_nowait())
+                finished = messages[-1] is None
+                batch = self._events([m for m in messages if m is not None], rejected)
+                if batch:
+                    outcome = await self._run(context, self.engine.record_events,
+                                              [event for _, event in batch])
+                    recorded += outcome.recorded
+                    refused = dict(outcome.rejected)
+                    for position, (at, event) in enumerate(batch):
+                        if position in refused:
+                            rejected.append(pb.RejectedEvent(
+                                index=at, user_id=event.user_id, item_id=event.item_id,
+                                reason=refused[position]))
+                        else:
+                            users.add((event.tenant, event.user_id))
+        finally:
+            reader.cancel()
+        rejected.sort(key=lambda r: r.index)
+        return pb.RecordEventsResponse(recorded=recorded, rejected=rejected,
+                                       users_updated=len(users))
+
+    @staticmethod
+    def _events(messages: list[tuple[int, pb.Event]], rejected: list[pb.RejectedEvent]
+                ) -> list[tuple[int, Event]]:
+        """Wire events as domain events; those with a bad tenant go to ``rejected``."""
+        batch = []
+        for index, message in messages:
+            try:
+                tenant(message.tenant)
+                batch.append((index, convert.event_from_message(message)))
+            except MmrecError as exc:
+                rejected.append(pb.RejectedEvent(index=index, user_id=message.user_id,
+                                                 item_id=message.item_id, reason=str(exc)))
+        return batch
+
+    # -------------------------------------------------------------- Recommend
+    @mapped_errors
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+                        ) -> pb.RecommendResponse:
+        """Validate a recommendation request and answer it from the user's history."""
+        query = self.validate.recommend(request, context.time_remaining())
+        result = await self._run(context, self.engine.recommend, query)
+        return convert.recommend_response(result)
+
+    # ------------------------------------------------------------- DeleteUser
+    @mapped_errors
+    async def DeleteUser(self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.DeleteUserResponse:
+        """Erase a user; idempotent (a second call removes nothing and says so)."""
+        erasure = await self._run(context, self.engine.delete_user,
+                                  user_id(request.user_id, required=True),
+                                  tenant(request.tenant))
+        return convert.erasure_response(erasure)
+
+    # ---------------------------------------------------------------- GetInfo
+    @mapped_errors
+    async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
+                      ) -> pb.GetInfoResponse:
+        """Models, channels, item count and device."""
+        info = await self._run(context, self.engine.info)
+        return convert.info_response(info)
+
+    def close(self) -> None:
+        """Stop the worker threads (after in-flight calls finish)."""
+        self.pool.shutdown(wait=True)
+

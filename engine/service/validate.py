@@ -1,0 +1,176 @@
+"""Every RPC's input checks, written once: wire messages in, validated domain requests out.
+
+A client's mistake becomes :class:`engine.domain.InvalidInput` with a message a
+person can act on (the status mapping turns it into INVALID_ARGUMENT). Search
+and Recommend share most knobs (top k, filter, re-rank budget, hybrid
+parameters); :meth:`RequestValidator.shared` checks them for both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from engine.config import ServiceSettings
+from engine.domain import (
+    MAX_ID_CHARS,
+    MAX_TENANT_CHARS,
+    InvalidInput,
+    ItemInput,
+    RecommendRequest,
+    SearchRequest,
+)
+from engine.encoders.images import decode_image
+from engine.service import convert
+from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
+
+MAX_BUDGET_MS = 60_000
+MAX_RERANK_TOP_K = 200
+MAX_CANDIDATES = 10_000
+
+
+def tenant(value: str) -> str:
+    """The tenant a request names (empty: the default tenant), within its length limit."""
+    if len(value) > MAX_TENANT_CHARS:
+        raise InvalidInput(f"tenant is {len(value)} characters; the limit is {MAX_TENANT_CHARS}")
+    return convert.tenant_of(value)
+
+
+def user_id(value: str, *, required: bool) -> str:
+    """A stripped user id within its length limit; empty only when not ``required``."""
+    stripped = value.strip()
+    if required and not stripped:
+        raise InvalidInput("`user_id` is empty: name the user")
+    if len(stripped) > MAX_ID_CHARS:
+        raise InvalidInput(f"user_id is {len(stripped)} characters; the limit is {MAX_ID_CHARS}")
+    return stripped
+
+
+class RequestValidator:
+    """Checks requests against the service limits and the engine's channels."""
+
+    def __init__(self, settings: ServiceSettings, channels: Collection[str]) -> None:
+        self.settings = settings
+        self.channels = frozenset(channels)
+
+    # -- the knobs Search and Recommend share -------------------------------------------------
+
+    def shared(self, request: pb.SearchRequest | pb.RecommendRequest,
+               time_remaining: float | None) -> dict[str, Any]:
+        """The checked knobs both requests have, as keyword arguments of either domain request."""
+        s = self.settings
+        if request.top_k > s.max_top_k:
+            raise InvalidInput(f"top_k {request.top_k} is out of range: ask for 1 to "
+                               f"{s.max_top_k} results (0 means {s.default_top_k})")
+        if request.rerank_budget_ms > MAX_BUDGET_MS:
+            raise InvalidInput(f"rerank_budget_ms {request.rerank_budget_ms} is above "
+                               f"{MAX_BUDGET_MS}; set a deadline-sized budget")
+        if request.rerank_top_k > MAX_RERANK_TOP_K:
+            raise InvalidInput(f"rerank_top_k {request.rerank_top_k} is above {MAX_RERANK_TOP_K}")
+        if len(request.filter.exclude_ids) > s.max_ids_per_request:
+            raise InvalidInput(f"{len(request.filter.exclude_ids)} exclude_ids; the limit is "
+                               f"{s.max_ids_per_request}")
+        hybrid = self._hybrid(request.hybrid)
+        return dict(
+            tenant=tenant(request.tenant), top_k=request.top_k or s.default_top_k,
+            filter=convert.item_filter(request.filter),
+            rerank=request.rerank if request.HasField("rerank") else None,
+            rerank_top_k=request.rerank_top_k, budget_ms=request.rerank_budget_ms,
+            deadline=None if time_remaining is None else time.monotonic() + time_remaining,
+            **hybrid)
+
+    def _hybrid(self, hybrid: pb.HybridParams) -> dict[str, Any]:
+        unknown = sorted(set(hybrid.channel_weights) - self.channels)
+        if unknown:
+            raise InvalidInput(f"unknown channel(s) {unknown} in channel_weights; this engine "
+                               f"has {sorted(self.channels)}")
+        if any(w < 0 for w in hybrid.channel_weights.values()):
+            raise InvalidInput("channel weights must be >= 0 (0 switches a channel off)")
+        if hybrid.candidates > MAX_CANDIDATES:
+            raise InvalidInput(f"candidates {hybrid.candidates} is above {MAX_CANDIDATES}")
+        return dict(fusion=convert.FUSIONS[hybrid.fusion], rrf_k=hybrid.rrf_k,
+                    weights=dict(hybrid.channel_weights), candidates=hybrid.candidates)
+
+    def _text(self, value: str, name: str) -> str:
+        if len(value) > self.settings.max_text_chars:
+            raise InvalidInput(f"`{name}` has {len(value)} characters; the limit is "
+                               f"{self.settings.max_text_chars}: shorten it")
+        return value.strip()
+
+    # -- one method per request ---------------------------------------------------------------
+
+    def search(self, request: pb.SearchRequest, time_remaining: float | None) -> SearchRequest:
+        """A checked search: text and/or an image within the limits, and the shared knobs."""
+        text = self._text(request.text, "text")
+        if not text and not request.image:
+            raise InvalidInput("the query is empty: set `text`, `image`, or both")
+        image = None
+        if request.image:
+            if len(request.image) > self.settings.max_image_bytes:
+                raise InvalidInput(f"`image` is {len(request.image):,} bytes; the limit is "
+                                   f"{self.settings.max_image_bytes:,}: send a smaller image")
+            image = decode_image(request.image, what="`image`")
+        return SearchRequest(text=text, image=image, explain=request.explain,
+                             explain_reason=request.explain_reason,
+                             **self.shared(request, time_remaining))
+
+    def recommend(self, request: pb.RecommendRequest, time_remaining: float | None
+                  ) -> RecommendRequest:
+        """A checked recommendation: whom or what for, the examples, and the shared knobs."""
+        user = user_id(request.user_id, required=False)
+        positives = self.example_ids(request.positive_ids, "positive_ids")
+        negatives = self.example_ids(request.negative_ids, "negative_ids")
+        context = self._text(request.context, "context")
+        if not user and not positives and not context:
+            raise InvalidInput("say whom or what to recommend for: set `user_id`, "
+                               "`positive_ids` or `context`")
+        if request.HasField("diversity") and not 0.0 <= request.diversity <= 1.0:
+            raise InvalidInput(f"diversity {request.diversity} must be within [0, 1] "
+                               "(1 keeps the relevance order)")
+        if request.strategy not in convert.STRATEGIES:
+            raise InvalidInput(f"unknown strategy {request.strategy}")
+        return RecommendRequest(
+            user_id=user, positive_ids=positives, negative_ids=negatives, context=context,
+            include_seen=request.include_seen or None, explain=request.explain,
+            strategy=convert.STRATEGIES[request.strategy],
+            diversity=request.diversity if request.HasField("diversity") else None,
+            **self.shared(request, time_remaining))
+
+    def example_ids(self, ids: Sequence[str], field: str) -> tuple[str, ...]:
+        """Positive or negative example ids: within the count limit, none empty or over-long."""
+        if len(ids) > self.settings.max_ids_per_request:
+            raise InvalidInput(f"{len(ids)} {field}; the limit is "
+                               f"{self.settings.max_ids_per_request}")
+        if any(not i.strip() or len(i) > MAX_ID_CHARS for i in ids):
+            raise InvalidInput(f"`{field}` contains an empty or over-long id")
+        return tuple(dict.fromkeys(i.strip() for i in ids))
+
+    def ids(self, ids: Sequence[str]) -> list[str]:
+        """Item ids to get or delete: at least one, within the limit, none empty."""
+        if not ids:
+            raise InvalidInput("`ids` is empty: name at least one item id")
+        if len(ids) > self.settings.max_ids_per_request:
+            raise InvalidInput(f"{len(ids)} ids in one request; the limit is "
+                               f"{self.settings.max_ids_per_request}: split the request")
+        if any(not i.strip() for i in ids):
+            raise InvalidInput("`ids` contains an empty id")
+        return list(dict.fromkeys(ids))
+
+    def item(self, item: pb.Item) -> ItemInput:
+        """An item to index: an id, a tenant, and text or an image that decodes."""
+        if not item.id.strip():
+            raise InvalidInput("item has no `id`")
+        if len(item.id) > MAX_ID_CHARS:
+            raise InvalidInput(f"item id is {len(item.id)} characters; the limit is {MAX_ID_CHARS}")
+        tenant(item.tenant)
+        image = None
+        if item.image:
+            if len(item.image) > self.settings.max_image_bytes:
+                raise InvalidInput(f"item {item.id!r}: image is {len(item.image):,} bytes; the "
+                                   f"limit is {self.settings.max_image_bytes:,}")
+            image = decode_image(item.image, what=f"item {item.id!r} image")
+        record = convert.item_to_record(item)
+        if not record.document_text and image is None:
+            raise InvalidInput(f"item {item.id!r} has no title, no text and no image")
+        return ItemInput(record=record, image=image)

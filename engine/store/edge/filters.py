@@ -1,0 +1,46 @@
+"""A :class:`engine.store.filters.FilterPlan` as qdrant-edge types."""
+
+from __future__ import annotations
+
+import numpy as np
+from qdrant_edge import FieldCondition, Filter, HasIdCondition, MatchAny, MatchValue, RangeFloat
+
+from engine import domain as q
+from engine.store.filters import FilterPlan
+
+
+def _edge_match_value(value: str | int | bool) -> MatchValue:
+    """``MatchValue`` for qdrant-edge. Its 0.9.0 binding reads a Python ``bool`` as the
+    integer 1 or 0, which then matches no boolean payload; a numpy bool stays a bool."""
+    return MatchValue(np.bool_(value) if isinstance(value, bool) else value)
+
+
+def _edge_condition(condition: q.Condition) -> FieldCondition:
+    """One validated condition as a qdrant-edge field condition."""
+    if isinstance(condition, q.Match):
+        return FieldCondition(key=condition.key, match=_edge_match_value(condition.value))
+    if isinstance(condition, q.MatchAny):
+        return FieldCondition(key=condition.key, match=MatchAny(list(condition.values)))
+    return FieldCondition(
+        key=condition.key,
+        range=RangeFloat(gte=condition.gte, gt=condition.gt, lte=condition.lte, lt=condition.lt),
+    )
+
+
+def edge_tenant_filter(tenant: str) -> Filter:
+    """Only points whose payload tenant equals ``tenant`` (qdrant-edge)."""
+    return Filter(must=[FieldCondition(key="tenant", match=MatchValue(tenant))])
+
+
+def edge_filter(plan: FilterPlan) -> Filter:
+    """The whole filter, tenant included, for qdrant-edge."""
+    must = [FieldCondition(key="tenant", match=MatchValue(plan.tenant))]
+    must += [_edge_condition(c) for c in plan.must]
+    must_not: list[FieldCondition | HasIdCondition] = [
+        _edge_condition(c) for c in plan.must_not
+    ]
+    if plan.excluded_points:
+        must_not.append(HasIdCondition(set(plan.excluded_points)))
+    return Filter(must=must, must_not=must_not or None)
+
+

@@ -1,0 +1,171 @@
+"""What the server-backed stores share of qdrant-client: the connection, the error
+mapping, and a hybrid plan spelled as Query API requests.
+
+``ServerStore`` (items) and ``ServerUserStore`` (users) both build on
+:class:`ServerCollection` (connect, check the collection, count, flush, close)
+and turn client errors into ``Unavailable`` with :func:`server_errors`.
+:func:`hybrid_requests` spells a :class:`~engine.store.hybrid.HybridPlan` in
+qdrant-client types, the way ``edge_query`` spells it in qdrant-edge types.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import grpc
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from engine.domain import FailedPrecondition, Unavailable
+from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
+from engine.store.lifecycle import StoreLifecycle
+from engine.store.schema import SparseValues, VectorValues
+from engine.store.server.filters import client_filter, client_tenant_filter
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ERRORS = (UnexpectedResponse, ResponseHandlingException, grpc.RpcError, ConnectionError)
+"""What qdrant-client raises when the server or the transport fails."""
+
+
+@contextlib.contextmanager
+def server_errors(action: str) -> Iterator[None]:
+    """Turn transport and server errors into ``Unavailable`` (retrying may help)."""
+    try:
+        yield
+    except CLIENT_ERRORS as exc:
+        raise Unavailable(f"qdrant server failed to {action}: {exc}") from exc
+
+
+def connect(
+    url_or_client: str | QdrantClient, api_key: str | None
+) -> tuple[QdrantClient, bool, str]:
+    """The client, whether the store made it (and so closes it), and where it points.
+
+    A URL gets a gRPC client (``prefer_grpc=True``); a ready client is used as it is.
+    """
+    if isinstance(url_or_client, QdrantClient):
+        options = getattr(url_or_client, "init_options", {}) or {}
+        return url_or_client, False, str(options.get("url") or options.get("location") or "client")
+    client = QdrantClient(url=url_or_client, prefer_grpc=True, api_key=api_key)
+    return client, True, url_or_client
+
+
+class ServerCollection(StoreLifecycle):
+    """One collection on a Qdrant server: the connection, its lifecycle, and counting.
+
+    A subclass sets ``_collection`` and calls :meth:`_open`, which connects and
+    runs its ``_ensure_collection`` (create or check), closing again if that fails.
+    A client passed in is not closed by :meth:`close`; its owner closes it.
+    """
+
+    _collection: str
+    _kind = "collection"
+    """What the collection holds, for messages: "collection", "users collection"."""
+
+    def _open(self, url_or_client: str | QdrantClient, api_key: str | None) -> None:
+        """Connect and make sure the collection is there and fits."""
+        self._closed = False
+        self._client, self._owns_client, self._where = connect(url_or_client, api_key)
+        try:
+            self._ensure_collection()
+        except BaseException:
+            self.close()
+            raise
+        logger.info("opened %s", self.description)
+
+    @abc.abstractmethod
+    def _ensure_collection(self) -> None:
+        """Create the collection if missing, else check it fits this store."""
+
+    def _check_open(self) -> None:
+        """Refuse calls after :meth:`close`."""
+        if self._closed:
+            raise FailedPrecondition(f"the store for {self._kind} {self._collection} is closed")
+
+    def count(self, tenant: str | None = None) -> int:
+        """Every point, or one tenant's (an exact count)."""
+        self._check_open()
+        with server_errors(f"count the {self._kind} {self._collection}"):
+            result = self._client.count(
+                self._collection,
+                count_filter=None if tenant is None else client_tenant_filter(tenant),
+                exact=True,
+            )
+        return int(result.count)
+
+    def flush(self) -> None:
+        """Nothing to do: the server acknowledges a write (``wait=True``) once its WAL has it."""
+        self._check_open()
+
+    def close(self) -> None:
+        """Close the client if this store made it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._client.close()
+
+    @property
+    def description(self) -> str:
+        """One line for ``mmrec info``."""
+        return f"qdrant server {self._where}, {self._kind} {self._collection}"
+
+
+def client_vector(values: VectorValues) -> list[float] | models.SparseVector:
+    """A validated vector in qdrant-client form."""
+    if isinstance(values, SparseValues):
+        return models.SparseVector(indices=values.indices, values=values.values)
+    return values
+
+
+def client_query(channel: ChannelPlan) -> list[float] | models.SparseVector | models.Query:
+    """A channel's query: its vector (nearest), or a recommend query from its examples."""
+    if isinstance(channel.vector, RecommendValues):
+        strategy = models.RecommendStrategy.BEST_SCORE
+        if channel.vector.strategy == "sum_scores":
+            strategy = models.RecommendStrategy.SUM_SCORES
+        return models.RecommendQuery(recommend=models.RecommendInput(
+            positive=channel.vector.positives, negative=channel.vector.negatives,
+            strategy=strategy,
+        ))
+    return client_vector(channel.vector)
+
+
+def _params(plan: HybridPlan, channel: ChannelPlan, hnsw_ef: int) -> models.SearchParams:
+    """Search params of one channel: ``hnsw_ef``, and the tenant as IDF corpus if sparse."""
+    if not channel.sparse:
+        return models.SearchParams(hnsw_ef=hnsw_ef)
+    corpus = client_tenant_filter(plan.filter.tenant)
+    return models.SearchParams(hnsw_ef=hnsw_ef, idf=models.IdfCorpusParams(corpus=corpus))
+
+
+def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[models.QueryRequest]:
+    """The fused request, then (if asked, several channels) each channel's own request."""
+    flt = client_filter(plan.filter)
+    channels = [
+        models.QueryRequest(
+            query=client_query(c), using=c.using, limit=c.limit, filter=flt,
+            params=_params(plan, c, hnsw_ef),
+        )
+        for c in plan.channels
+    ]
+    if not plan.fused:
+        return [channels[0].model_copy(update={"limit": plan.result_limit, "with_payload": True})]
+    fusion: models.Query = models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k, weights=plan.weights))
+    if plan.fusion == "dbsf":
+        fusion = models.FusionQuery(fusion=models.Fusion.DBSF)
+    fused = models.QueryRequest(
+        prefetch=[
+            models.Prefetch(
+                query=r.query, using=r.using, limit=r.limit, filter=flt, params=r.params
+            )
+            for r in channels
+        ],
+        query=fusion, limit=plan.limit, filter=flt, with_payload=True,
+    )
+    return [fused, *channels] if plan.with_channel_hits else [fused]

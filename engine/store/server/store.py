@@ -1,0 +1,321 @@
+"""ServerStore: items in a collection of a Qdrant server or cluster, through qdrant-client.
+
+For deployments that outgrow one machine: Qdrant shards and replicates the
+collection, and engine replicas stay stateless. The server builds its HNSW
+indexes itself, in the background, so ``optimize()`` and ``flush()`` have
+nothing to do. Tests run this code path against ``QdrantClient(":memory:")``
+(brute force, small data only, not thread-safe) and against a real server when
+``QDRANT_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from engine.domain import (
+    POPULARITY,
+    FusedHit,
+    HybridQuery,
+    ItemFilter,
+    ItemRecord,
+    Range,
+    SchemaMismatch,
+    SearchHit,
+    StoredItem,
+    point_id,
+)
+from engine.store.base import (
+    FLOAT_INDEXED_FIELDS,
+    KEYWORD_INDEXED_FIELDS,
+    VectorSchema,
+    VectorStore,
+    carry_popularity,
+    check_dense_name,
+    check_limit,
+    payload_to_record,
+    popular_hits,
+    popularity_increments,
+    prepare_items,
+    prepare_vectors,
+    stored_popularity,
+    stored_vector,
+    unique_in_order,
+)
+from engine.store.filters import plan_filter, with_condition
+from engine.store.hybrid import fused_hits, plan_hybrid
+from engine.store.server.client import (
+    ServerCollection,
+    client_vector,
+    hybrid_requests,
+    server_errors,
+)
+from engine.store.server.filters import client_filter
+
+logger = logging.getLogger(__name__)
+
+
+def _collection_schema(
+    vectors: object, sparse: object
+) -> tuple[VectorSchema | None, list[str]]:
+    """The schema of an existing collection's vectors config, and what about it we cannot use."""
+    if not isinstance(vectors, dict):
+        return None, ["the collection has a single unnamed vector, not named vectors"]
+    problems = [
+        f"vector {name!r} uses {params.distance} distance, not cosine"
+        for name, params in vectors.items()
+        if params.distance != models.Distance.COSINE
+    ]
+    sparse = sparse if isinstance(sparse, dict) else {}
+    problems += [
+        f"sparse vector {name!r} has no IDF modifier"
+        for name, params in sparse.items()
+        if params.modifier != models.Modifier.IDF
+    ]
+    if not vectors:
+        return None, ["the collection has no dense vectors"]
+    schema = VectorSchema({name: params.size for name, params in vectors.items()}, tuple(sparse))
+    return schema, problems
+
+
+class ServerStore(ServerCollection, VectorStore):
+    """A Qdrant collection of cosine named vectors plus keyword indexes on tenant and item id
+    and a float index on popularity.
+
+    Give a URL (a gRPC client is made, ``prefer_grpc=True``) or a ready
+    ``QdrantClient``; a client passed in is not closed by :meth:`close`, its
+    owner closes it. Read-modify-writes (popularity, and carrying it over in
+    ``upsert``) hold a lock of this object; other engine replicas on the same
+    collection are not covered by it (see :meth:`add_popularity`).
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | QdrantClient,
+        schema: VectorSchema,
+        *,
+        collection: str = "mmrec_items",
+        api_key: str | None = None,
+        hnsw_ef: int = 128,
+    ) -> None:
+        self.schema = schema
+        self._collection = collection
+        self._hnsw_ef = hnsw_ef
+        self._write_lock = threading.Lock()  # read-modify-writes of this process
+        self._open(url_or_client, api_key)
+
+    def _ensure_collection(self) -> None:
+        """Create the collection if missing, else check it holds this schema's vectors."""
+        with server_errors(f"open collection {self._collection}"):
+            if not self._client.collection_exists(self._collection):
+                self._create_collection()
+                return
+            info = self._client.get_collection(self._collection)
+        params = info.config.params
+        existing, problems = _collection_schema(params.vectors, params.sparse_vectors)
+        if existing is not None:
+            problems += existing.differences(self.schema)
+        if problems:
+            raise SchemaMismatch(
+                f"collection {self._collection} on {self._where} was indexed with other "
+                f"vectors than configured: {'; '.join(problems)}. Re-index the catalog into "
+                f"it from scratch (delete the collection first) or choose another collection"
+            )
+        self._ensure_float_indexes(info.payload_schema or {})
+
+    def _create_collection(self) -> None:
+        """Cosine dense and IDF sparse vectors from the schema, keyword payload indexes."""
+        self._client.create_collection(
+            self._collection,
+            vectors_config={
+                name: models.VectorParams(size=size, distance=models.Distance.COSINE)
+                for name, size in self.schema.dense.items()
+            },
+            sparse_vectors_config={
+                name: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                for name in self.schema.sparse
+            },
+        )
+        for field in KEYWORD_INDEXED_FIELDS:
+            params = models.KeywordIndexParams(
+                type=models.KeywordIndexType.KEYWORD, is_tenant=field == "tenant"
+            )
+            self._client.create_payload_index(self._collection, field, params, wait=True)
+        self._ensure_float_indexes({})
+        logger.info("created collection %s on %s", self._collection, self._where)
+
+    def _ensure_float_indexes(self, existing: Mapping[str, Any]) -> None:
+        """Float (range) indexes for ``popular()``'s ``order_by``, made if missing (a
+        collection from before them gets them on open). No payload HNSW links: these
+        serve ordering, not filtered vector search."""
+        params = models.FloatIndexParams(type=models.FloatIndexType.FLOAT, enable_hnsw=False)
+        for field in FLOAT_INDEXED_FIELDS:
+            if field not in existing:
+                with server_errors(f"create the {field} index"):
+                    self._client.create_payload_index(self._collection, field, params, wait=True)
+
+    def _payloads(self, point_ids: list[str], keys: list[str] | bool) -> dict[str, dict]:
+        """Point id -> the asked payload keys of the points that exist."""
+        records = self._client.retrieve(
+            self._collection, ids=point_ids, with_payload=keys, with_vectors=False
+        )
+        return {str(record.id): dict(record.payload or {}) for record in records}
+
+    def upsert(self, items: Sequence[StoredItem]) -> None:
+        """Insert or replace items; a bad item rejects the whole batch before any write.
+
+        A replaced item keeps its popularity: read just before, under this store's
+        lock (another engine replica may still race with it, see :meth:`add_popularity`).
+        """
+        self._check_open()
+        prepared = prepare_items(self.schema, items)
+        if not prepared:
+            return
+        with self._write_lock, server_errors("upsert"):
+            stored = self._payloads([p.point_id for p in prepared], [POPULARITY])
+            points = [
+                models.PointStruct(
+                    id=p.point_id,
+                    vector={name: client_vector(values) for name, values in p.vectors.items()},
+                    payload=p.payload,
+                )
+                for p in carry_popularity(prepared, stored)
+            ]
+            self._client.upsert(self._collection, points=points, wait=True)
+
+    def set_vectors(self, vectors: Mapping[str, np.ndarray], *, tenant: str, using: str) -> int:
+        """Replace the vector ``using`` of existing items (see ``VectorStore``)."""
+        self._check_open()
+        prepared = prepare_vectors(self.schema, vectors, using)
+        by_point = {point_id(tenant, item_id): values for item_id, values in prepared.items()}
+        if not by_point:
+            return 0
+        with self._write_lock, server_errors("update vectors"):
+            present = list(self._payloads(list(by_point), False))
+            if present:
+                self._client.update_vectors(self._collection, points=[
+                    models.PointVectors(id=point, vector={using: by_point[point]})
+                    for point in present
+                ], wait=True)
+        return len(present)
+
+    def add_popularity(self, increments: Mapping[str, float], *, tenant: str) -> int:
+        """Add to the popularity of existing items (see ``VectorStore``).
+
+        The read-modify-write is atomic only within this store object (its lock):
+        several engine replicas adding to one item on one server can race and lose
+        increments. Popularity is a ranking signal, so that is tolerated; route a
+        tenant's events to one writer where exact counts matter.
+        """
+        self._check_open()
+        checked = popularity_increments(increments)
+        by_point = {point_id(tenant, item_id): value for item_id, value in checked.items()}
+        if not by_point:
+            return 0
+        with self._write_lock, server_errors("add popularity"):
+            stored = self._payloads(list(by_point), [POPULARITY])
+            if stored:
+                self._client.batch_update_points(self._collection, [
+                    models.SetPayloadOperation(set_payload=models.SetPayload(
+                        payload={POPULARITY: (stored_popularity(p) or 0.0) + by_point[point]},
+                        points=[point],
+                    ))
+                    for point, p in stored.items()
+                ], wait=True)
+        return len(stored)
+
+    def hybrid_search(self, query: HybridQuery) -> list[FusedHit]:
+        """One Query API request: a prefetch per channel, fused (see ``VectorStore``)."""
+        self._check_open()
+        plan = plan_hybrid(self.schema, query)
+        if plan is None:
+            return []
+        with server_errors("search"):
+            responses = self._client.query_batch_points(
+                self._collection, requests=hybrid_requests(plan, self._hnsw_ef)
+            )
+        points = [(str(p.id), p.payload, p.score) for p in responses[0].points]
+        rankings = [[(str(p.id), p.score) for p in r.points] for r in responses[1:]]
+        return fused_hits(plan, points, rankings or None)
+
+    def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:
+        """The records that exist, in the order asked, each once."""
+        self._check_open()
+        wanted = unique_in_order(ids)
+        if not wanted:
+            return []
+        with server_errors("retrieve points"):
+            records = self._client.retrieve(
+                self._collection,
+                ids=[point_id(tenant, item_id) for item_id in wanted],
+                with_payload=True,
+                with_vectors=False,
+            )
+        found: dict[str, ItemRecord] = {}
+        for stored in records:
+            if stored.payload and stored.payload.get("tenant") == tenant:
+                record = payload_to_record(stored.payload)
+                found[record.id] = record
+        return [found[item_id] for item_id in wanted if item_id in found]
+
+    def delete(self, ids: Sequence[str], *, tenant: str) -> int:
+        """Delete items of ``tenant``; returns how many existed (checked just before)."""
+        self._check_open()
+        point_ids = [point_id(tenant, item_id) for item_id in unique_in_order(ids)]
+        if not point_ids:
+            return 0
+        with server_errors("delete points"):
+            existing = self._client.retrieve(
+                self._collection, ids=point_ids, with_payload=False, with_vectors=False
+            )
+            present = [str(stored.id) for stored in existing]
+            if present:
+                self._client.delete(
+                    self._collection, models.PointIdsList(points=present), wait=True
+                )
+        return len(present)
+
+    def vectors(self, ids: Sequence[str], *, tenant: str, using: str) -> dict[str, np.ndarray]:
+        """Stored vectors of items on ``using``, normalised (see ``VectorStore``)."""
+        self._check_open()
+        check_dense_name(self.schema, using)
+        by_point = {point_id(tenant, item_id): item_id for item_id in unique_in_order(ids)}
+        if not by_point:
+            return {}
+        with server_errors("retrieve vectors"):
+            records = self._client.retrieve(
+                self._collection, ids=list(by_point), with_payload=False, with_vectors=[using]
+            )
+        found = {by_point[str(r.id)]: stored_vector(r.vector, using) for r in records}
+        return {i: vector for i in by_point.values() if (vector := found.get(i)) is not None}
+
+    def popular(self, *, tenant: str, filter: ItemFilter, limit: int) -> list[SearchHit]:
+        """The most popular items by an ordered scroll on the popularity index."""
+        self._check_open()
+        limit = check_limit(limit)
+        plan = plan_filter(tenant, filter)
+
+        def tied(value: float, count: int) -> list[tuple[str, dict | None]]:
+            equal = with_condition(plan, Range(POPULARITY, gte=value, lte=value))
+            records, _ = self._client.scroll(
+                self._collection, scroll_filter=client_filter(equal), limit=count,
+                with_payload=True,
+            )
+            return [(str(r.id), r.payload) for r in records]
+
+        with server_errors("list popular items"):
+            ranked, _ = self._client.scroll(
+                self._collection, scroll_filter=client_filter(plan), limit=limit,
+                order_by=models.OrderBy(key=POPULARITY, direction=models.Direction.DESC),
+                with_payload=True,
+            )
+            return popular_hits([(str(r.id), r.payload) for r in ranked], limit, tied)
+
+    def optimize(self, *, wait: bool = False) -> None:
+        """Nothing to do: the Qdrant server builds HNSW indexes in its own background optimizers."""
+        self._check_open()
