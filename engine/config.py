@@ -197,7 +197,7 @@ class RecommendSettings(BaseModel):
 
 
 class BehaviourSettings(BaseModel):
-    """The behavioural channel: a SASRec-style model trained by ``mmrec train-seq``."""
+    """The behaviour channels trained by ``mmrec train-seq``: SASRec and co-occurrence."""
 
     enabled: bool = Field(True, description="Keep a 'behaviour' vector per item and use the "
                           "model when one is trained.")
@@ -228,7 +228,7 @@ class EngineConfig(BaseSettings):
     rerank: RerankSettings = RerankSettings()
     profiles: ProfileSettings = ProfileSettings()
     recommend: RecommendSettings = RecommendSettings()
-    sequential: BehaviourSettings = BehaviourSettings()
+    behaviour: BehaviourSettings = BehaviourSettings()
     store: StoreSettings = StoreSettings()
     service: ServiceSettings = ServiceSettings()
 
@@ -244,9 +244,9 @@ class EngineConfig(BaseSettings):
         """Keyword arguments beat the environment, which beats the TOML file."""
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 
-    def sequential_path(self) -> Path:
-        """Where ``mmrec train-seq`` writes the behaviour model and the engine looks for it."""
-        return self.sequential.path or Path(self.store.data_dir) / "models" / "sequential"
+    def behaviour_path(self) -> Path:
+        """Where ``mmrec train-seq`` writes the behaviour models and the engine looks for them."""
+        return self.behaviour.path or Path(self.store.data_dir) / "models" / "sequential"
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> EngineConfig:

@@ -1,19 +1,19 @@
 """``mmrec train-seq``: learn the behavioural channel from an interaction log.
 
 Reads the user sequences (a log file, or the events recorded in the store),
-trains the SASRec-style model of :mod:`engine.sequential` with each user's last
+trains the SASRec-style model of :mod:`engine.behaviour.sequential` with each user's last
 item held out for early stopping (then, by default, once more on every item for
 the best epoch count), fits the co-occurrence embeddings of
 :mod:`engine.collaborative` on the whole sequences, writes every known item's
 ``behaviour`` and ``cooccurrence`` vectors into the store, and saves both
-where the engine loads them (``EngineConfig.sequential_path()``). Run it while
+where the engine loads them (``EngineConfig.behaviour_path()``). Run it while
 no service holds the data dir (the embedded store is locked by one process); a
 service started afterwards uses the new models.
 
 Trade-off: the refit doubles the training time, and its weights are not
 checked against held-out items (its epoch count is the one that was). Without
 it (``refit=False``) the served model never learns the users' latest steps,
-which on MovieLens-100k cost 0.008 test NDCG@10 (see :mod:`engine.sequential.train`).
+which on MovieLens-100k cost 0.008 test NDCG@10 (see :mod:`engine.behaviour.sequential.train`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def train_behaviour(config: EngineConfig, log_file: Path | None, *,
                     tenant: str = DEFAULT_TENANT, settings: SequentialSettings | None = None,
                     refit: bool = True, progress: bool = True) -> BehaviourSummary:
     """Train, store the item vectors, save the model; see the module docstring."""
-    settings = replace(settings or SequentialSettings(), dim=config.sequential.dim)
+    settings = replace(settings or SequentialSettings(), dim=config.behaviour.dim)
     stats = LogStats()
     engine = Engine.from_config(config, load_reranker=False)
     try:
@@ -88,12 +88,12 @@ def train_behaviour(config: EngineConfig, log_file: Path | None, *,
         model = train_sequential(histories, settings, valid_targets=targets, refit=refit,
                                  progress=progress)
         written = engine.use_behaviour(BEHAVIOUR, model, tenant)
-        folder = config.sequential_path()
+        folder = config.behaviour_path()
         model.save(folder)
-        if config.sequential.cooccurrence_dim:
+        if config.behaviour.cooccurrence_dim:
             together = CooccurrenceModel.fit(list(users.values()),
-                                             dim=config.sequential.cooccurrence_dim,
-                                             decay=config.sequential.cooccurrence_decay)
+                                             dim=config.behaviour.cooccurrence_dim,
+                                             decay=config.behaviour.cooccurrence_decay)
             engine.use_behaviour(COOCCURRENCE, together, tenant)
             together.save(folder)
     finally:

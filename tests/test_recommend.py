@@ -40,8 +40,8 @@ CONTENT_ONLY = {"behaviour": 0.0, "fused": 1.0}
 def config(tmp_path: Path, tiny_text_dir: Path) -> EngineConfig:
     cfg = make_config(tmp_path / "store", tiny_text_dir)
     cfg.clip.enabled = False
-    cfg.sequential.dim = 8
-    cfg.sequential.cooccurrence_dim = 16
+    cfg.behaviour.dim = 8
+    cfg.behaviour.cooccurrence_dim = 16
     return cfg
 
 

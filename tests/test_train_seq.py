@@ -52,7 +52,7 @@ def trained(tmp_path: Path, tiny_text_dir: Path) -> tuple[Path, Path]:
     """A tiny catalog indexed into a data dir and `mmrec train-seq` run on a chain log."""
     config = write_config(tmp_path / "mmrec.toml", tiny_text_dir)
     with (tmp_path / "mmrec.toml").open("a") as toml:
-        toml.write("[sequential]\ndim = 8\ncooccurrence_dim = 4\n")
+        toml.write("[behaviour]\ndim = 8\ncooccurrence_dim = 4\n")
     data_dir = tmp_path / "store"
     cfg = EngineConfig.load(config, store={"data_dir": data_dir})
     engine = Engine.from_config(cfg, load_reranker=False)

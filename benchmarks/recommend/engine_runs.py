@@ -55,7 +55,7 @@ class EngineHarness:
             shutil.rmtree(work / "store")
         self.config = EngineConfig.load(
             clip={"enabled": False}, store={"data_dir": work / "store"},
-            sequential={"path": work / "no-model"}, rerank={"model": "" if not load_reranker
+            behaviour={"path": work / "no-model"}, rerank={"model": "" if not load_reranker
                                                             else EngineConfig().rerank.model})
         self.engine = Engine.from_config(self.config, load_reranker=load_reranker)
         self.ids = [item_id(raw) for raw in split.data.item_ids]
@@ -111,7 +111,7 @@ class EngineHarness:
 
     def fit_cooccurrence(self) -> None:
         """Fit and serve the co-occurrence channel on what the current stage may see."""
-        config = self.config.sequential
+        config = self.config.behaviour
         sequences = [[self.ids[i] for i in h] for h in self.split.history(self.stage)]
         model = CooccurrenceModel.fit(sequences, dim=config.cooccurrence_dim,
                                       decay=config.cooccurrence_decay)

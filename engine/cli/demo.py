@@ -187,7 +187,7 @@ def _train_behaviour(config: EngineConfig, events_log: Path, console: Console) -
     from engine.behaviour.sequential import SequentialSettings
     from indexers.behaviour import train_behaviour
 
-    folder = config.sequential_path()
+    folder = config.behaviour_path()
     if folder.is_dir() and any(folder.iterdir()):
         console.print(f"behaviour model: trained already ({folder}); "
                       f"`mmrec train-seq` retrains it")

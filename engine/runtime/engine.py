@@ -305,7 +305,7 @@ class Engine:
 
 def behaviour_dims(config: EngineConfig) -> dict[str, int]:
     """The behaviour channels' vector sizes in the store (each model's dim + 1: MIPS)."""
-    settings = config.sequential
+    settings = config.behaviour
     if not settings.enabled:
         return {}
     dims = {BEHAVIOUR: settings.dim + 1}

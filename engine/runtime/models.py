@@ -79,9 +79,9 @@ def load_llm_reranker(config: EngineConfig, device: str
 def load_sequential(config: EngineConfig, device: str
                      ) -> tuple[SequentialModel | None, ModelStatus | None]:
     """The trained behaviour model when one is saved; the engine works without it."""
-    if not config.sequential.enabled:
+    if not config.behaviour.enabled:
         return None, ModelStatus(BEHAVIOUR, "", False, "disabled in the configuration")
-    folder = config.sequential_path()
+    folder = config.behaviour_path()
     if not folder.exists():
         return None, ModelStatus(BEHAVIOUR, "", False,
                                  f"no model trained yet ({folder}); run mmrec train-seq")
@@ -95,9 +95,9 @@ def load_sequential(config: EngineConfig, device: str
 
 def load_cooccurrence(config: EngineConfig) -> CooccurrenceModel | None:
     """The saved co-occurrence embeddings, when ``mmrec train-seq`` wrote them."""
-    if not (config.sequential.enabled and config.sequential.cooccurrence_dim):
+    if not (config.behaviour.enabled and config.behaviour.cooccurrence_dim):
         return None
-    folder = config.sequential_path()
+    folder = config.behaviour_path()
     if not (folder / "cooccurrence.json").exists():
         return None
     try:
