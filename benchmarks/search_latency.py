@@ -2,8 +2,8 @@
 
     python -m benchmarks.search_latency [--sizes 10000 100000] [--queries 40]
 
-For each size, a store of synthetic items (DESIGN.md: synthetic vectors are for
-scale only): random unit vectors in the ``text`` and ``fused`` channels (the
+For each size, a store of synthetic items (synthetic vectors are for scale
+only, never for quality): random unit vectors in the ``text`` and ``fused`` channels (the
 layout of a CLIP-off engine) and real BM25 vectors of synthetic titles drawn
 from MovieLens and Tux Paint words, HNSW-built. Then, in one run, per query:
 - **service**: a gRPC Search over loopback (no re-rank), timed by the client;

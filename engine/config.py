@@ -65,7 +65,10 @@ class TextEncoderSettings(BaseModel):
 
 
 class ChannelWeights(BaseModel):
-    """Weight of each dense channel inside the fused vector (see DESIGN.md, 'The fused vector')."""
+    """Weight of each dense channel inside the fused vector.
+
+    See docs/ARCHITECTURE.md, 'The fused vector'.
+    """
 
     clip: float = Field(1.0, ge=0.0)
     text: float = Field(1.0, ge=0.0)

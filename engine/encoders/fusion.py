@@ -1,6 +1,6 @@
 """The fused vector: every dense channel in one vector, weighted.
 
-DESIGN.md, 'The fused vector': each part is L2-normalised, scaled by the square
+docs/ARCHITECTURE.md, 'The fused vector': each part is L2-normalised, scaled by the square
 root of its channel weight, concatenated, and the whole is normalised again.
 The cosine of two fused vectors is then the weighted sum of the per-channel
 cosines (divided by the norms of the parts present), so one ANN search ranks

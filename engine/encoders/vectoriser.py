@@ -1,6 +1,6 @@
 """The one place an item or a query becomes its named and fused vectors.
 
-Items and queries take the same path (DESIGN.md, "The fused vector"): the
+Items and queries take the same path (docs/ARCHITECTURE.md, "The fused vector"): the
 content channels (CLIP, text) -> an item's CLIP part mixes its image and its
 text -> the weighted fused vector -> the sparse lexical vector. The only
 differences are which encoder entry point reads the text (documents or

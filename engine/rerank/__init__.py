@@ -1,4 +1,4 @@
-"""LLM re-ranking and generated reasons (DESIGN.md, "Re-ranking").
+"""LLM re-ranking and generated reasons (docs/ARCHITECTURE.md, "Re-ranking").
 
     from engine.rerank import LlmReranker, ReasonWriter, RerankerSpec
 

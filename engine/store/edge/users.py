@@ -265,9 +265,9 @@ class EdgeUserStore(UserStore):
         on the 2-core dev VM (ext4, shared): ~0.1-0.4 s even for a handful of users
         (writing a new segment costs ~70 fsyncs and ~90 msyncs; ~0.1 s of it is CPU),
         ~0.5-1.2 s for 1000 users of 512-d with 100 events each, ~2.1 s for 4000,
-        so ~0.5 ms per user beyond the fixed part. The GIL is held all along (see
-        FACTS.md): a DeleteUser pauses the service that long. Nothing else
-        triggers a vacuum: puts leave no deleted points.
+        so ~0.5 ms per user beyond the fixed part. The GIL is held all along
+        (qdrant-edge's optimiser does not release it): a DeleteUser pauses the
+        service that long. Nothing else triggers a vacuum: puts leave no deleted points.
         """
         self._erasure_pending = True
         shard.optimize()
