@@ -429,3 +429,15 @@ def test_a_server_collection_without_the_idf_modifier_is_refused() -> None:
             == models.Modifier.IDF
         assert store.count() == 0
     client.close()
+
+
+def test_the_raw_query_timer_runs_the_same_query_on_qdrant_edge(tmp_path: Path) -> None:
+    """``raw_query_seconds`` (the benchmarks' raw part) times a real query; no plan, no time."""
+    with EdgeStore(tmp_path, HYBRID) as store:
+        fill_catalog(store)
+        query = HybridQuery(channels(), limit=6, tenant=TENANT)
+        assert ids(store.hybrid_search(query)) == rrf_order(60)
+        seconds = store.raw_query_seconds(query)
+        assert 0.0 < seconds < 10.0
+        empty = HybridQuery([ChannelQuery("lexical", sparse({}), 5)], limit=5, tenant=TENANT)
+        assert store.raw_query_seconds(empty) == 0.0

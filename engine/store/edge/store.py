@@ -17,6 +17,7 @@ import contextlib
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -164,6 +165,21 @@ class EdgeStore(VectorStore):
         points = [(str(p.id), p.payload, p.score) for p in results[0]]
         rankings = [[(str(p.id), p.score) for p in ranking] for ranking in results[1:]]
         return fused_hits(plan, points, rankings or None)
+
+    def raw_query_seconds(self, query: HybridQuery) -> float:
+        """Seconds qdrant-edge alone spends answering ``query`` (its one batch request).
+
+        For benchmarks that set the service against its raw parts: the plan and the
+        request are built before the clock starts, and the answer is not converted.
+        """
+        plan = plan_hybrid(self.schema, query)
+        if plan is None:
+            return 0.0
+        batch = QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef))
+        with self._reading() as shard, backend_errors("search"):
+            started = time.perf_counter()
+            shard.query_batch(batch)
+            return time.perf_counter() - started
 
     def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:
         """The records that exist, in the order asked, each once."""
