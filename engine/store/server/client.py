@@ -19,7 +19,7 @@ import grpc
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from engine.domain import FailedPrecondition, Unavailable
+from engine.domain import FailedPrecondition, SchemaMismatch, Unavailable
 from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
 from engine.store.lifecycle import StoreLifecycle
 from engine.store.schema import SparseValues, VectorValues
@@ -77,9 +77,32 @@ class ServerCollection(StoreLifecycle):
             raise
         logger.info("opened %s", self.description)
 
-    @abc.abstractmethod
     def _ensure_collection(self) -> None:
-        """Create the collection if missing, else check it fits this store."""
+        """Create the collection if missing, else check it fits this store (SchemaMismatch)."""
+        with server_errors(f"open collection {self._collection}"):
+            if not self._client.collection_exists(self._collection):
+                self._create_collection()
+                return
+            info = self._client.get_collection(self._collection)
+        problems = self._differences(info)
+        if problems:
+            raise SchemaMismatch(self._mismatch(problems))
+        self._adopt(info)
+
+    @abc.abstractmethod
+    def _create_collection(self) -> None:
+        """Create the collection with this store's vectors and payload indexes."""
+
+    @abc.abstractmethod
+    def _differences(self, info: models.CollectionInfo) -> list[str]:
+        """How an existing collection differs from what this store needs (empty: it fits)."""
+
+    @abc.abstractmethod
+    def _mismatch(self, problems: list[str]) -> str:
+        """The message of a mismatch: what differs and what the operator can do."""
+
+    def _adopt(self, info: models.CollectionInfo) -> None:
+        """Bring a fitting existing collection up to date (payload indexes); none by default."""
 
     def _check_open(self) -> None:
         """Refuse calls after :meth:`close`."""

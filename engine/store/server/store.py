@@ -25,7 +25,6 @@ from engine.domain import (
     ItemFilter,
     ItemRecord,
     Range,
-    SchemaMismatch,
     SearchHit,
     StoredItem,
     point_id,
@@ -109,23 +108,20 @@ class ServerStore(ServerCollection, VectorStore):
         self._write_lock = threading.Lock()  # read-modify-writes of this process
         self._open(url_or_client, api_key)
 
-    def _ensure_collection(self) -> None:
-        """Create the collection if missing, else check it holds this schema's vectors."""
-        with server_errors(f"open collection {self._collection}"):
-            if not self._client.collection_exists(self._collection):
-                self._create_collection()
-                return
-            info = self._client.get_collection(self._collection)
+    def _differences(self, info: models.CollectionInfo) -> list[str]:
+        """The schema differences between the collection and this store's vectors."""
         params = info.config.params
         existing, problems = _collection_schema(params.vectors, params.sparse_vectors)
         if existing is not None:
             problems += existing.differences(self.schema)
-        if problems:
-            raise SchemaMismatch(
-                f"collection {self._collection} on {self._where} was indexed with other "
+        return problems
+
+    def _mismatch(self, problems: list[str]) -> str:
+        return (f"collection {self._collection} on {self._where} was indexed with other "
                 f"vectors than configured: {'; '.join(problems)}. Re-index the catalog into "
-                f"it from scratch (delete the collection first) or choose another collection"
-            )
+                f"it from scratch (delete the collection first) or choose another collection")
+
+    def _adopt(self, info: models.CollectionInfo) -> None:
         self._ensure_float_indexes(info.payload_schema or {})
 
     def _create_collection(self) -> None:

@@ -13,7 +13,6 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from qdrant_client import QdrantClient, models
 
-from engine.domain import SchemaMismatch
 from engine.store.server.client import ServerCollection, server_errors
 from engine.store.server.filters import client_tenant_filter
 from engine.store.users import (
@@ -69,22 +68,16 @@ class ServerUserStore(ServerCollection, UserStore):
         self._collection = collection
         self._open(url_or_client, api_key)
 
-    def _ensure_collection(self) -> None:
-        """Create the collection if missing, else check it holds these vector sizes."""
-        with server_errors(f"open collection {self._collection}"):
-            if not self._client.collection_exists(self._collection):
-                self._create_collection()
-                return
-            info = self._client.get_collection(self._collection)
+    def _differences(self, info: models.CollectionInfo) -> list[str]:
+        """The vector sizes that differ between the collection and these user vectors."""
         stored, problems = _collection_dims(info.config.params.vectors)
-        problems += dims_differences(stored, self.dims)
-        if problems:
-            raise SchemaMismatch(
-                f"users collection {self._collection} on {self._where} holds other user "
+        return problems + dims_differences(stored, self.dims)
+
+    def _mismatch(self, problems: list[str]) -> str:
+        return (f"users collection {self._collection} on {self._where} holds other user "
                 f"vectors than configured: {'; '.join(problems)}. The users' vectors follow "
                 f"the item vectors' configuration: restore the configuration they were made "
-                f"with, or delete the collection to start the users over (profiles are lost)"
-            )
+                f"with, or delete the collection to start the users over (profiles are lost)")
 
     def _create_collection(self) -> None:
         """Cosine vectors without an HNSW graph, keyword indexes on tenant and user id."""
