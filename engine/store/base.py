@@ -174,8 +174,11 @@ def carry_popularity(
     return list(points)
 
 
-def popularity_increments(increments: Mapping[str, float]) -> dict[str, float]:
-    """Validated increments (item id -> finite number), checked before anything is written."""
+def popularity_increments(increments: Mapping[str, object]) -> dict[str, float]:
+    """Validated increments (item id -> finite number), checked before anything is written.
+
+    The values are ``object``: callers are meant to pass numbers, but this is where a
+    caller that is not type-checked learns that it did not."""
     checked: dict[str, float] = {}
     for item_id, increment in increments.items():
         if not item_id:

@@ -50,6 +50,14 @@ def _path(key: object) -> str:
     return f"{ATTRIBUTES}.{key}"
 
 
+def _check_bound(key: str, bound: object) -> None:
+    """``InvalidInput`` unless a Range bound is ``None`` or a finite int or float (not a bool)."""
+    if bound is not None and (
+        isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound)
+    ):
+        raise InvalidInput(f"Range on {key!r} has a bad bound {bound!r}")
+
+
 def _condition(condition: object) -> q.Condition:
     """A condition with its key turned into a payload path, after checking its values."""
     if isinstance(condition, q.Match):
@@ -73,12 +81,7 @@ def _condition(condition: object) -> q.Condition:
         if all(bound is None for bound in bounds):
             raise InvalidInput(f"Range on {condition.key!r} needs at least one bound")
         for bound in bounds:
-            if bound is not None and (
-                isinstance(bound, bool)
-                or not isinstance(bound, int | float)
-                or not math.isfinite(bound)
-            ):
-                raise InvalidInput(f"Range on {condition.key!r} has a bad bound {bound!r}")
+            _check_bound(condition.key, bound)
         return q.Range(_path(condition.key), *bounds)
     raise InvalidInput(f"unknown filter condition {condition!r}")
 

@@ -27,7 +27,7 @@ keeps counting deleted and replaced points until their segment is vacuumed).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -101,6 +101,25 @@ class HybridPlan:
         return [channel.weight for channel in self.channels]
 
 
+# The checks below take ``object``: a query's fields are typed, but its caller may not be
+# type-checked, and this is where a wrong value is reported.
+
+
+def _check_rrf_k(rrf_k: object) -> None:
+    """``InvalidInput`` unless ``rrf_k`` is an integer >= 1 (a bool is not one)."""
+    if isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1:
+        raise InvalidInput(f"rrf_k must be an integer >= 1, got {rrf_k!r}")
+
+
+def _channel_weight(using: str, weight: object) -> float:
+    """A channel's RRF weight as given; ``InvalidInput`` unless a finite number > 0."""
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
+        math.isfinite(weight) and weight > 0
+    ):
+        raise InvalidInput(f"channel {using!r} weight must be > 0, got {weight!r}")
+    return weight
+
+
 def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
     """Validate ``query`` against the schema; ``None`` when no channel can match anything.
 
@@ -109,8 +128,7 @@ def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
     """
     if query.fusion not in ("rrf", "dbsf"):
         raise InvalidInput(f"fusion must be 'rrf' or 'dbsf', got {query.fusion!r}")
-    if isinstance(query.rrf_k, bool) or not isinstance(query.rrf_k, int) or query.rrf_k < 1:
-        raise InvalidInput(f"rrf_k must be an integer >= 1, got {query.rrf_k!r}")
+    _check_rrf_k(query.rrf_k)
     limit = check_limit(query.limit)
     if not query.channels:
         raise InvalidInput("a hybrid query needs at least one channel")
@@ -120,11 +138,7 @@ def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
     item_filter = plan_filter(query.tenant, query.filter)
     channels: list[ChannelPlan] = []
     for channel in query.channels:
-        weight = channel.weight
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
-            math.isfinite(weight) and weight > 0
-        ):
-            raise InvalidInput(f"channel {channel.using!r} weight must be > 0, got {weight!r}")
+        weight = _channel_weight(channel.using, channel.weight)
         channel_limit = check_limit(channel.limit, f"channel {channel.using!r} limit")
         vector = _channel_vector(schema, channel)
         if vector is not None:
@@ -138,9 +152,12 @@ def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
 
 
 def _examples(
-    schema: VectorSchema, using: str, kind: str, vectors: Sequence[np.ndarray]
+    schema: VectorSchema, using: str, kind: str, vectors: Iterable[Any]
 ) -> list[list[float]]:
-    """The validated positive or negative examples of a recommend channel."""
+    """The validated positive or negative examples of a recommend channel.
+
+    ``vectors`` should be a sequence of vectors; any iterable is taken and each element
+    checked, except a string, bytes or one vector (an array of under 2 dimensions)."""
     if isinstance(vectors, str | bytes) or (isinstance(vectors, np.ndarray) and vectors.ndim < 2):
         raise InvalidInput(f"recommend {kind} on {using!r} must be a sequence of vectors")
     try:

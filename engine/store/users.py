@@ -79,12 +79,17 @@ def user_point_id(tenant: str, user_id: str) -> str:
     return point_id(tenant, user_id)
 
 
+def _user_key(key: str, value: object) -> str:
+    """``value`` if it is a non-empty string (callers may not be type-checked); else
+    ``InvalidInput`` naming ``key``."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"a user's {key} must be a non-empty string, got {value!r}")
+    return value
+
+
 def check_user(tenant: str, user_id: str) -> str:
     """The point id of a user named by non-empty strings; ``InvalidInput`` otherwise."""
-    for key, value in (("tenant", tenant), ("user_id", user_id)):
-        if not isinstance(value, str) or not value:
-            raise InvalidInput(f"a user's {key} must be a non-empty string, got {value!r}")
-    return user_point_id(tenant, user_id)
+    return user_point_id(_user_key("tenant", tenant), _user_key("user_id", user_id))
 
 
 def prepare_user(schema: VectorSchema, record: UserRecord) -> PreparedUser:

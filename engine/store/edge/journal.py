@@ -8,10 +8,13 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qdrant_edge import EdgeShard, Point, UpdateOperation
+
+if TYPE_CHECKING:
+    from qdrant_edge import NamedVector  # only in qdrant-edge's stub: what Point's dict holds
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +91,9 @@ def put_entry(point_id: str, vectors: Mapping[str, Sequence[float]],
                     for name, values in vectors.items()}}
 
 
-def entry_vectors(entry: Mapping[str, Any]) -> dict[str, list[float]]:
-    """The vectors of a put entry (base64 float32, or JSON lists in entries before 2026-11-30)."""
+def entry_vectors(entry: Mapping[str, Any]) -> dict[str, NamedVector]:
+    """The dense vectors of a put entry (base64 float32, or JSON lists in entries before
+    2026-11-30)."""
     if "f32" in entry:
         return {name: np.frombuffer(base64.b64decode(text), dtype="<f4").tolist()
                 for name, text in entry["f32"].items()}

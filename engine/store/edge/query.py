@@ -41,8 +41,10 @@ def _params(plan: HybridPlan, channel: ChannelPlan, hnsw_ef: int) -> SearchParam
 def _query(channel: ChannelPlan) -> Query:
     """A channel's query: nearest to its vector, or recommend from its examples."""
     if isinstance(channel.vector, RecommendValues):
+        # Fresh lists: RecommendQuery takes List[NamedVector], which a list[list[float]]
+        # is not to a type checker (lists are invariant).
         examples = RecommendQuery(
-            positives=channel.vector.positives, negatives=channel.vector.negatives
+            positives=list(channel.vector.positives), negatives=list(channel.vector.negatives)
         )
         if channel.vector.strategy == "sum_scores":
             return Query.RecommendSumScores(examples, using=channel.using)
@@ -74,7 +76,8 @@ def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[QueryRequest]:
             Prefetch(limit=limit, query=nearest, filter=flt, params=params)
             for nearest, limit, params in channels
         ],
-        query=fusion,
+        # Fusion.Rrf and Fusion.Dbsf are pyo3 enum variants, subclasses of Fusion at run time.
+        query=fusion,  # type: ignore[arg-type]  # why: qdrant-edge's stub gives them no base
         filter=flt,
         with_payload=True,
     )

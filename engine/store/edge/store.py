@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qdrant_edge import (
@@ -75,16 +76,22 @@ from engine.store.edge.shard import (
 from engine.store.filters import plan_filter, with_condition
 from engine.store.hybrid import fused_hits, plan_hybrid
 
+if TYPE_CHECKING:
+    # Only in qdrant-edge's stub: the point id of its List[PointId] parameters. A list[str]
+    # is not a list[int | UUID | str] to a type checker (lists are invariant), so the lists
+    # passed are declared or built as list[PointId].
+    from qdrant_edge import PointId
+
 logger = logging.getLogger(__name__)
 
 
-def _payloads(shard: EdgeShard, point_ids: list[str], keys: list[str]) -> dict[str, dict]:
+def _payloads(shard: EdgeShard, point_ids: list[PointId], keys: list[str]) -> dict[str, dict]:
     """Point id -> the asked payload keys of the points that exist (absent keys left out)."""
     records = shard.retrieve(point_ids, with_payload=keys, with_vector=False)
     return {str(record.id): dict(record.payload or {}) for record in records}
 
 
-def _existing(shard: EdgeShard, point_ids: list[str]) -> list[str]:
+def _existing(shard: EdgeShard, point_ids: list[PointId]) -> list[str]:
     """The point ids among ``point_ids`` that the shard holds."""
     return [str(r.id) for r in shard.retrieve(point_ids, with_payload=False, with_vector=False)]
 
@@ -295,13 +302,13 @@ class EdgeStore(VectorStore):
 
     def delete(self, ids: Sequence[str], *, tenant: str) -> int:
         """Delete items of ``tenant``; returns how many existed."""
-        point_ids = [point_id(tenant, item_id) for item_id in unique_in_order(ids)]
+        point_ids: list[PointId] = [point_id(tenant, item_id) for item_id in unique_in_order(ids)]
         if not point_ids:
             return 0
         with self._writing("delete") as shard:
             present = _existing(shard, point_ids)
             if present:
-                self._apply(shard, UpdateOperation.delete_points(present))
+                self._apply(shard, UpdateOperation.delete_points(list(present)))
         return len(present)
 
     def flush(self) -> None:

@@ -45,6 +45,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qdrant_edge import (
     CountRequest,
@@ -82,6 +83,9 @@ from engine.store.users import (
     stored_user,
     user_schema,
 )
+
+if TYPE_CHECKING:
+    from qdrant_edge import PointId  # only in qdrant-edge's stub: what retrieve() takes a list of
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +280,7 @@ class EdgeUserStore(UserStore):
 
     def get_many(self, user_ids: Sequence[str], *, tenant: str) -> dict[str, UserRecord]:
         """The records of those users that exist, by user id (one retrieve)."""
-        wanted = [check_user(tenant, user_id) for user_id in dict.fromkeys(user_ids)]
+        wanted: list[PointId] = [check_user(tenant, u) for u in dict.fromkeys(user_ids)]
         if not wanted:
             return {}
         with self._reading("read users") as shard:
