@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from benchmarks.recommend.engine_runs import EngineHarness, item_id
-from benchmarks.recommend.protocol import leave_one_out, load_movielens
+from benchmarks.recommend.protocol import load_movielens, protocol_split
 from benchmarks.report import RESULTS, markdown_table, write
 from engine.behaviour.sequential import SequentialSettings, train_sequential
 from engine.client import MmrecClient
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--rerank-requests", type=int, default=30)
     parser.add_argument("--event-trials", type=int, default=50)
     args = parser.parse_args()
-    split = leave_one_out(load_movielens())
+    split = protocol_split(load_movielens())
     harness = EngineHarness(split, WORK, load_reranker=args.rerank_requests > 0)
     harness.advance_to_test()
     ids = [item_id(raw) for raw in split.data.item_ids]

@@ -35,14 +35,14 @@ from benchmarks.recommend.protocol import (
     Split,
     evaluate_rankings,
     evaluate_scores,
-    leave_one_out,
     load_movielens,
-    mean_metrics,
+    protocol_split,
     summarize,
 )
 from benchmarks.report import RESULTS, markdown_table, write
 from engine.behaviour.sequential import SequentialModel, SequentialSettings, train_sequential
 from engine.domain import Fusion
+from engine.evaluation import mean_metrics
 
 WORK = Path(".mmrec/bench/recommend")
 METRICS = ("NDCG@10", "Recall@10", "Recall@20", "Recall@50")
@@ -72,7 +72,7 @@ def subset_metrics(ranks: dict[int, list[int]], users: list[int], split: Split
                    ) -> dict[str, float]:
     """Mean metrics over ``users`` only (the LLM row's subset)."""
     per_user = evaluate_rankings(ranks, split, "test")
-    return {name: float(np.mean(values[users])) for name, values in per_user.items()}
+    return mean_metrics({name: values[users] for name, values in per_user.items()})
 
 
 def train_seed(split: Split, seed: int, epochs: int) -> tuple[SequentialModel, SequentialModel]:
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--llm-seeds", type=int, default=3,
                         help="Seeds (the first ones) whose lists the LLM re-ranks (CPU time).")
     args = parser.parse_args()
-    split = leave_one_out(load_movielens())
+    split = protocol_split(load_movielens())
     print(f"MovieLens-100k: {split.n_users} users, {split.n_items} items, "
           f"{split.data.n_events} interactions; seeds {args.seeds}")
     rows: dict[str, list[dict[str, float]]] = {}

@@ -25,14 +25,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import ir_measures
 import matplotlib.pyplot as plt
-from ir_measures import nDCG
 
-from benchmarks.metrics import evaluate, ranking_to_run
 from benchmarks.report import RESULTS, markdown_table, write
 from engine.config import EngineConfig
 from engine.domain import SearchRequest
+from engine.evaluation import evaluate_qrels, evaluate_qrels_per_query, ranking_to_run
 from engine.runtime.engine import Engine
 from indexers.datasets import stamps_dir, tuxpaint_items, write_jsonl
 from indexers.job import run_index_job
@@ -106,12 +104,12 @@ def main() -> None:
 
 def per_query_ndcg(qrels: dict, run: dict) -> dict[str, float]:
     """nDCG@10 of each query."""
-    return {m.query_id: float(m.value) for m in ir_measures.iter_calc([nDCG @ 10], qrels, run)}
+    return {q: m["nDCG@10"] for q, m in evaluate_qrels_per_query(qrels, run, (10,)).items()}
 
 
 def report(queries: dict[str, str], qrels: dict, runs: dict, seconds: dict) -> None:
     """Table, helped/hurt analysis of the re-ranker, JSON/Markdown/PNG."""
-    scores = {label: evaluate(qrels, run, (10, 20)) for label, run in runs.items()}
+    scores = {label: evaluate_qrels(qrels, run, (10, 20)) for label, run in runs.items()}
     table = markdown_table(
         ["retrieval", "Recall@10", "nDCG@10", "Recall@20", "ms/query"],
         [[label, round(s["R@10"], 3), round(s["nDCG@10"], 3), round(s["R@20"], 3),

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from engine.behaviour.cooccurrence import CooccurrenceModel
 from engine.behaviour.sequential import SequentialSettings, train_sequential
+from engine.behaviour.sequential.train import validation_split
 from engine.config import EngineConfig
 from engine.domain import BEHAVIOUR, COOCCURRENCE, DEFAULT_TENANT, InvalidInput
 from engine.recommend.profiles import ProfileWeights
@@ -83,8 +84,7 @@ def train_behaviour(config: EngineConfig, log_file: Path | None, *,
             source = f"events recorded in the store (tenant {tenant!r})"
         if not users:
             raise InvalidInput(f"no interactions found in {source}")
-        histories = [items[:-1] if len(items) > 2 else items for items in users.values()]
-        targets = [items[-1] if len(items) > 2 else None for items in users.values()]
+        histories, targets = validation_split(list(users.values()))
         model = train_sequential(histories, settings, valid_targets=targets, refit=refit,
                                  progress=progress)
         written = engine.use_behaviour(BEHAVIOUR, model, tenant)

@@ -1,4 +1,7 @@
-"""The recommendation protocol and baselines on tiny synthetic data (MovieLens only if present)."""
+"""The recommendation protocol and baselines on tiny synthetic data (MovieLens only if present).
+
+The split and the rank metrics themselves are tested in ``tests/test_evaluation.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.metrics import evaluate
 from benchmarks.recommend.baselines import (
     Ease,
     ItemKnn,
@@ -22,13 +24,11 @@ from benchmarks.recommend.protocol import (
     evaluate_rankings,
     evaluate_scores,
     interactions_from_events,
-    leave_one_out,
     load_movielens,
-    mean_metrics,
-    metrics_from_ranks,
+    protocol_split,
     summarize,
-    target_ranks,
 )
+from engine.evaluation import evaluate_qrels, mean_metrics
 from indexers.datasets import movielens_dir
 
 
@@ -44,7 +44,7 @@ def sequences_split(seqs: list[list[int]], n_items: int) -> Split:
                         user_ids=[str(u) for u in range(len(seqs))],
                         sequences=[np.array(s, dtype=np.int64) for s in seqs],
                         timestamps=[np.arange(len(s), dtype=np.float64) for s in seqs])
-    return leave_one_out(data)
+    return protocol_split(data)
 
 
 def test_sorted_by_time_and_ties_by_numeric_item_id() -> None:
@@ -73,7 +73,7 @@ def test_users_with_fewer_than_five_events_are_dropped() -> None:
     assert data.n_events == 5
 
 
-def test_leave_one_out_targets_and_stage_histories() -> None:
+def test_protocol_split_targets_and_stage_histories() -> None:
     split = sequences_split([[0, 1, 2, 3, 4], [4, 3, 2]], n_items=5)
     assert split.train[0].tolist() == [0, 1, 2] and split.train[1].tolist() == [4]
     assert split.valid.tolist() == [3, 3] and split.test.tolist() == [4, 2]
@@ -84,14 +84,6 @@ def test_leave_one_out_targets_and_stage_histories() -> None:
         split.history("train")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fewer than 3"):
         sequences_split([[0, 1]], n_items=2)
-
-
-def test_metrics_from_hand_computed_ranks() -> None:
-    out = metrics_from_ranks(np.array([1, 2, 10, 11, np.inf]), ks=(10, 20))
-    np.testing.assert_allclose(out["NDCG@10"], [1, 1 / math.log2(3), 1 / math.log2(11), 0, 0])
-    assert out["Recall@10"].tolist() == [1, 1, 1, 0, 0]
-    assert out["Recall@20"].tolist() == [1, 1, 1, 1, 0]
-    assert out["NDCG@20"][3] == pytest.approx(1 / math.log2(12))
 
 
 def test_history_items_are_masked_and_never_hits() -> None:
@@ -112,15 +104,6 @@ def test_history_items_are_masked_and_never_hits() -> None:
         "Recall@1"].tolist() == [0.0]
     assert evaluate_rankings({0: [0, 1, 2, 3, 5, 4]}, split, "test", ks=(2,))[
         "NDCG@2"].tolist() == [pytest.approx(1 / math.log2(3))]
-
-
-def test_ranks_count_ties_against_the_target_and_keep_a_repeated_target() -> None:
-    scores = np.array([[1.0, 1.0, 1.0, 1.0, 0.0], [0.0, 5.0, 3.0, 3.0, 1.0]])
-    ranks = target_ranks(scores, [np.array([0]), np.array([1])], np.array([2, 2]))
-    assert ranks.tolist() == [3.0, 2.0]  # tied with 1 and 3 / tied with 3 (1 is masked)
-    repeat = target_ranks(np.array([[0.0, 9.0, 1.0]]), [np.array([1, 2])], np.array([2]))
-    assert repeat.tolist() == [1.0]  # target also in history: not masked
-    assert scores[0, 0] == 1.0  # the caller's scores are untouched
 
 
 def test_rankings_missing_target_or_user_score_zero() -> None:
@@ -145,7 +128,7 @@ def test_metrics_agree_with_ir_measures() -> None:
     run = {str(u): {str(i): float(scores[u, i]) for i in range(n_items)
                     if i == targets[u] or i not in set(histories[u].tolist())}
            for u in range(30)}
-    theirs = evaluate(qrels, run, cutoffs=(10,))
+    theirs = evaluate_qrels(qrels, run, cutoffs=(10,))
     assert 0 < ours["NDCG@10"] < 1
     assert ours["NDCG@10"] == pytest.approx(theirs["nDCG@10"], abs=1e-9)
     assert ours["Recall@10"] == pytest.approx(theirs["R@10"], abs=1e-9)
@@ -257,6 +240,6 @@ def test_movielens_protocol_counts_and_popularity() -> None:
     data = load_movielens()
     assert (data.n_users, data.n_items, data.n_events) == (943, 1682, 100_000)
     assert all(np.all(np.diff(t) >= 0) for t in data.timestamps)
-    split = leave_one_out(data)
+    split = protocol_split(data)
     hits = fit_and_evaluate(Popularity(), split, "test", ks=(10,))["Recall@10"]
     assert int(hits.sum()) == 47  # popularity test Recall@10 = 0.0498, as measured

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from engine.behaviour.sequential import SequentialModel, SequentialSettings, train_sequential
+from engine.behaviour.sequential import (
+    SequentialModel,
+    SequentialSettings,
+    evaluate_next_item,
+    train_sequential,
+)
 from engine.behaviour.sequential.artifact import (
     META_FILE,
     WEIGHTS_FILE,
     TrainingFacts,
     build_network,
 )
+from engine.behaviour.sequential.model import PAD, SasRec
+from engine.behaviour.sequential.train import validation_split
 from engine.domain import InvalidInput, ModelUnavailable
 
 N_ITEMS = 12
@@ -202,3 +211,55 @@ def test_load_refuses_bad_folders(trained: SequentialModel, tmp_path: Path) -> N
 
 def test_facts_default_to_the_vocabulary() -> None:
     assert random_model(n_items=5).facts == TrainingFacts(n_items=5)
+
+
+def inline_ndcg_before_engine_evaluation(network: SasRec, histories: Sequence[np.ndarray],
+                                         targets: np.ndarray, *, max_len: int, k: int = 10
+                                         ) -> tuple[float, float]:
+    """``evaluate_next_item`` as train.py had it, with its own masking, ranks and NDCG."""
+    network.eval()
+    ndcg, hits = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(targets), 256):
+            chunk = [h[-max_len:] for h in histories[start:start + 256]]
+            width = max((len(h) for h in chunk), default=0) or 1
+            items = np.full((len(chunk), width), PAD, dtype=np.int64)
+            for row, h in enumerate(chunk):
+                if len(h):
+                    items[row, width - len(h):] = h
+            batch = torch.from_numpy(items)
+            scores = network.logits(network.last_hidden(batch))
+            scores = scores * (batch[:, -1:] != PAD)
+            for row, h in enumerate(histories[start:start + 256]):
+                scores[row, torch.as_tensor(h, dtype=torch.long) - 1] = -math.inf
+            target = torch.as_tensor(targets[start:start + 256]) - 1
+            target_score = scores.gather(1, target[:, None])
+            ranks = (scores >= target_score).sum(1) - 1
+            for rank in ranks.tolist():
+                if rank < k:
+                    ndcg += 1.0 / math.log2(rank + 2)
+                    hits += 1
+    return ndcg / len(targets), hits / len(targets)
+
+
+def test_validation_ndcg_is_unchanged_by_engine_evaluation() -> None:
+    n_items = 30
+    model = random_model(n_items=n_items, seed=4)
+    rng = np.random.default_rng(5)
+    histories = [rng.integers(1, n_items + 1, size=rng.integers(0, 20)).astype(np.int64)
+                 for _ in range(300)]  # > one batch; empty ones; longer than max_len
+    targets = rng.integers(1, n_items + 1, size=len(histories)).astype(np.int64)
+    targets[:40] = [h[-1] if len(h) else 1 for h in histories[:40]]  # seen targets
+    for k in (1, 10, 30):
+        new = evaluate_next_item(model.network, histories, targets, max_len=TINY.max_len, k=k)
+        old = inline_ndcg_before_engine_evaluation(model.network, histories, targets,
+                                                   max_len=TINY.max_len, k=k)
+        assert new == old  # bit for bit: early stopping decides exactly as before
+    assert 0 < new[0] < 1
+
+
+def test_validation_split_holds_out_the_last_item_of_users_with_three_or_more() -> None:
+    users = [["a"], ["a", "b"], ["a", "b", "c"], ["c", "b", "a", "d"]]
+    histories, targets = validation_split(users)
+    assert histories == [["a"], ["a", "b"], ["a", "b"], ["c", "b", "a"]]
+    assert targets == [None, None, "c", "d"]

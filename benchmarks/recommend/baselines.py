@@ -16,13 +16,8 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from benchmarks.recommend.protocol import (
-    DEFAULT_KS,
-    Split,
-    Stage,
-    evaluate_scores,
-    mean_metrics,
-)
+from benchmarks.recommend.protocol import Split, Stage, evaluate_scores
+from engine.evaluation import DEFAULT_KS, mean_metrics
 
 
 class Recommender(Protocol):

@@ -1,6 +1,9 @@
-"""The recommendation protocol: implicit interactions, leave-one-out by time, full ranking.
+"""The recommendation protocol on MovieLens: implicit interactions, leave-one-out by time.
 
-Fixed by issue 5, so every model is measured the same way:
+Fixed by issue 5, so every model is measured the same way. This module holds what
+is benchmark specific (loading MovieLens, the two-stage `Split`, the score-function
+and top-N-list helpers, the summary over seeds); the split itself and the rank
+metrics are :mod:`engine.evaluation`'s, shared with training:
 
 - every rating is an interaction (the rating value is ignored); users with fewer than
   ``min_events`` (5) interactions are dropped (one pass, items are not filtered);
@@ -11,14 +14,15 @@ Fixed by issue 5, so every model is measured the same way:
   same second, and the ascending-id rule makes the higher-id (later catalogued, less
   popular) film the test target, which lowers non-sequential models' test scores;
 - the last interaction is the test target, the one before it the validation target,
-  the rest is training. At the validation stage a model sees the training items; at
-  the test stage the training items plus the validation item;
+  the rest is training (``engine.evaluation.leave_one_out`` with its defaults). At the
+  validation stage a model sees the training items; at the test stage the training
+  items plus the validation item;
 - every item is ranked (full ranking); the items the model saw at that stage are masked
   out, the target never is. Rank = 1 + the number of unmasked items scoring at least as
   high as the target (ties count against the target, so a constant scorer earns
-  nothing and the result does not depend on item order);
+  nothing and the result does not depend on item order): ``engine.evaluation.target_ranks``;
 - with one relevant item, NDCG@k = 1/log2(rank + 1) and Recall@k = 1 when rank <= k,
-  else 0 (the same numbers as ``benchmarks.metrics``, i.e. ir-measures).
+  else 0 (``engine.evaluation.metrics_from_ranks``; the same numbers as ir-measures).
 """
 
 from __future__ import annotations
@@ -32,14 +36,15 @@ from typing import Literal
 
 import numpy as np
 
+from engine.evaluation import DEFAULT_KS, leave_one_out, metrics_from_ranks, target_ranks
 from indexers.datasets import movielens_dir
 
 Stage = Literal["valid", "test"]
 ScoreFn = Callable[[list[np.ndarray]], np.ndarray]
 """Scores every item for a batch of histories: ``[batch, n_items]``, higher is better."""
 
-DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
 MIN_EVENTS = 5
+"""Users with fewer interactions are dropped when loading (so each has the 3 a split needs)."""
 
 
 @dataclass(frozen=True)
@@ -155,44 +160,16 @@ class Split:
         return self.valid if stage == "valid" else self.test
 
 
-def leave_one_out(data: Interactions) -> Split:
-    """Last interaction = test, second to last = validation, the rest = training."""
-    short = [u for u, s in zip(data.user_ids, data.sequences, strict=True) if len(s) < 3]
-    if short:
-        raise ValueError(f"{len(short)} users have fewer than 3 interactions, e.g. {short[0]}")
-    return Split(data=data, train=[s[:-2] for s in data.sequences],
-                 valid=np.array([s[-2] for s in data.sequences], dtype=np.int64),
-                 test=np.array([s[-1] for s in data.sequences], dtype=np.int64))
+def protocol_split(data: Interactions) -> Split:
+    """Last interaction = test, second to last = validation, the rest = training.
 
-
-def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
-    """Per-user NDCG@k and Recall@k from 1-based target ranks (``inf`` = not ranked)."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    out: dict[str, np.ndarray] = {}
-    for k in ks:
-        hit = ranks <= k
-        gain = np.zeros_like(ranks)
-        gain[hit] = 1.0 / np.log2(ranks[hit] + 1.0)
-        out[f"NDCG@{k}"] = gain
-        out[f"Recall@{k}"] = hit.astype(np.float64)
-    return out
-
-
-def target_ranks(scores: np.ndarray, histories: Sequence[np.ndarray],
-                 targets: np.ndarray) -> np.ndarray:
-    """1-based rank of each target among the items not in its history, ties pessimistic."""
-    scores = np.array(scores, dtype=np.float64)  # a copy: masking must not touch the caller's
-    if scores.ndim != 2 or scores.shape[0] != len(histories) or len(targets) != len(histories):
-        raise ValueError(f"scores {scores.shape} do not match {len(histories)} histories")
-    rows = np.arange(len(targets))
-    target_scores = scores[rows, targets]
-    if not np.all(np.isfinite(target_scores)):
-        raise ValueError("a target has a non-finite score")
-    for row, seen in enumerate(histories):
-        scores[row, seen] = -np.inf
-    scores[rows, targets] = -np.inf  # the target does not outrank itself
-    beaten_by = (scores >= target_scores[:, None]).sum(axis=1)
-    return beaten_by.astype(np.float64) + 1.0
+    ``engine.evaluation.leave_one_out`` with its defaults (two held out, every user
+    split: a user with fewer than 3 interactions is a ``ValueError``).
+    """
+    train, held_out = leave_one_out(data.sequences)
+    return Split(data=data, train=train,
+                 valid=np.array([h[0] for h in held_out], dtype=np.int64),
+                 test=np.array([h[1] for h in held_out], dtype=np.int64))
 
 
 def evaluate_scores(score_fn: ScoreFn, split: Split, stage: Stage,
@@ -235,11 +212,6 @@ def evaluate_rankings(rankings: Mapping[int, Sequence[int]], split: Split, stage
                 ranks[user] = position
                 break
     return metrics_from_ranks(ranks, ks)
-
-
-def mean_metrics(per_user: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """The mean over users of each per-user metric array."""
-    return {name: float(np.mean(values)) for name, values in per_user.items()}
 
 
 def summarize(per_seed: list[dict[str, float]]) -> dict[str, tuple[float, float]]:

@@ -5,7 +5,9 @@ epoch: the model reads ``seq[:-1]`` and predicts ``seq[1:]`` at every step with
 a full-softmax cross-entropy loss. With held-out next items, every epoch is
 scored by NDCG@10 over a full ranking of all items (the user's own items
 masked), the best epoch's weights are kept and training stops after
-``patience`` epochs without improvement.
+``patience`` epochs without improvement. The held-out items
+(:func:`validation_split`), the ranks and the NDCG are those of
+:mod:`engine.evaluation`, the same code the benchmarks measure with.
 
 The default settings are the best by validation NDCG@10 of those measured on
 MovieLens-100k (the protocol of ``benchmarks.recommend``: leave-one-out by time,
@@ -32,7 +34,6 @@ the held-out steps are each user's most recent, the most telling ones.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -45,10 +46,26 @@ from engine.behaviour.sequential.artifact import SequentialModel, TrainingFacts,
 from engine.behaviour.sequential.model import PAD, SasRec
 from engine.behaviour.sequential.settings import SequentialSettings, Window
 from engine.domain import InvalidInput
+from engine.evaluation import leave_one_out, mean_metrics, metrics_from_ranks, target_ranks
 
-__all__ = ["SequentialSettings", "evaluate_next_item", "train_sequential"]
+__all__ = ["SequentialSettings", "evaluate_next_item", "train_sequential", "validation_split"]
 
 _EVAL_BATCH = 256
+
+
+def validation_split(sequences: Sequence[Sequence[str]]
+                     ) -> tuple[list[Sequence[str]], list[str | None]]:
+    """Each user's last item held out for early stopping: (histories, targets) per user.
+
+    The training parameters of :func:`engine.evaluation.leave_one_out`: one item
+    held out, and only from users with three or more, so that every split user
+    keeps two events (one training step); shorter users are trained on whole,
+    with a None target. Feed the result to ``train_sequential(histories,
+    valid_targets=targets)``.
+    """
+    split = leave_one_out(sequences, held_out=1, min_history=2, keep_short=True)
+    targets = [held[0] if len(held) else None for held in split.held_out]
+    return split.histories, targets
 
 
 def train_sequential(sequences: Sequence[Sequence[str]], settings: SequentialSettings,
@@ -208,18 +225,22 @@ def evaluate_next_item(network: SasRec, histories: Sequence[np.ndarray], targets
                        *, max_len: int, k: int = 10) -> tuple[float, float]:
     """Mean NDCG@k and Recall@k of next items over a full ranking of all items.
 
-    ``histories`` are item-index arrays (oldest first), ``targets`` one item
-    index per history. Items in the history are masked (never recommended
-    again); ties count against the target, so an empty history scores zero.
+    ``histories`` are item-index arrays (oldest first, 1-based: 0 is padding),
+    ``targets`` one item index per history. The network scores each history's
+    latest ``max_len`` events; :func:`engine.evaluation.target_ranks` masks the
+    whole history (a target in it too: the engine never recommends a seen item)
+    and counts ties against the target, so an empty history (all scores 0) ranks
+    its target last.
     """
     if len(targets) == 0:
         return 0.0, 0.0
     network.eval()
     device = network.item_embedding.weight.device
-    ndcg, hits = 0.0, 0
+    ranks = np.empty(len(targets), dtype=np.float64)
     with torch.no_grad():
         for start in range(0, len(targets), _EVAL_BATCH):
-            chunk = [h[-max_len:] for h in histories[start:start + _EVAL_BATCH]]
+            full = histories[start:start + _EVAL_BATCH]
+            chunk = [h[-max_len:] for h in full]
             width = max((len(h) for h in chunk), default=0) or 1
             items = np.full((len(chunk), width), PAD, dtype=np.int64)
             for row, h in enumerate(chunk):
@@ -228,13 +249,10 @@ def evaluate_next_item(network: SasRec, histories: Sequence[np.ndarray], targets
             batch = torch.from_numpy(items).to(device)
             scores = network.logits(network.last_hidden(batch))
             scores = scores * (batch[:, -1:] != PAD)
-            for row, h in enumerate(histories[start:start + _EVAL_BATCH]):
-                scores[row, torch.as_tensor(h, dtype=torch.long, device=device) - 1] = -math.inf
-            target = torch.as_tensor(targets[start:start + _EVAL_BATCH], device=device) - 1
-            target_score = scores.gather(1, target[:, None])
-            ranks = (scores >= target_score).sum(1) - 1  # items at or above it, itself excluded
-            for rank in ranks.tolist():
-                if rank < k:
-                    ndcg += 1.0 / math.log2(rank + 2)
-                    hits += 1
-    return ndcg / len(targets), hits / len(targets)
+            # score column c is item index c + 1 (index 0 is padding)
+            ranks[start:start + len(chunk)] = target_ranks(
+                scores.cpu().numpy(), [np.asarray(h, dtype=np.int64) - 1 for h in full],
+                np.asarray(targets[start:start + len(chunk)], dtype=np.int64) - 1,
+                mask_seen_target=True)
+    means = mean_metrics(metrics_from_ranks(ranks, ks=(k,)))
+    return means[f"NDCG@{k}"], means[f"Recall@{k}"]
