@@ -1,16 +1,26 @@
-"""A thin, typed Python client for the mmrec gRPC service.
+"""A thin, typed Python client for the mmrec gRPC service: domain types in and out.
+
+    from engine.client import MmrecClient
 
     with MmrecClient("127.0.0.1:50051") as client:
-        for hit in client.search(text="space adventure", top_k=5):
-            print(hit.score, hit.record.title)
+        for hit in client.search(text="space adventure", top_k=5).hits:
+            print(f"{hit.score:.3f} {hit.record.title}")
 
-Errors arrive as ``grpc.RpcError`` with the server's status code and message.
+Arguments are keywords with plain values or ``engine.domain`` types (``ItemRecord``,
+``Event``, ``ItemFilter``); answers are ``engine.domain`` types (``SearchResult``,
+``RecommendResult``, ``Erasure``, ``EngineInfo``) or the small reports below. No
+protobuf type appears in a public signature: ``engine.service.convert`` turns them
+into messages and back, the same code the service uses, so both ends agree.
+
+Errors arrive as ``grpc.RpcError`` with the server's status code and message; a
+fusion or strategy name the contract does not know raises ``InvalidInput`` before
+any call is made.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +28,16 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine.domain import EngineInfo, Event, Explanation, ItemRecord, RecommendResult, SearchHit
+from engine.domain import (
+    EngineInfo,
+    Erasure,
+    Event,
+    Fusion,
+    ItemFilter,
+    ItemRecord,
+    RecommendResult,
+    SearchResult,
+)
 from engine.service import convert
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -32,18 +51,6 @@ class UpsertReport:
 
     upserted: int
     rejected: list[tuple[int, str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class SearchReply:
-    """Hits best first, the channels searched, and how the ranking was made."""
-
-    hits: list[SearchHit]
-    channels: list[str]
-    fusion: str = ""
-    reranked: int = 0
-    budget_exhausted: bool = False
-    explanations: list[Explanation] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,29 +91,28 @@ class MmrecClient:
             time.sleep(0.2)
 
     def search(self, *, text: str = "", image: bytes | Path | None = None, top_k: int = 0,
-               tenant: str = "", explain: bool = False, explain_reason: bool = False,
-               rerank: bool | None = None, budget_ms: int = 0,
-               request: pb.SearchRequest | None = None) -> SearchReply:
-        """Search by text, image (bytes or a file path) or both.
+               tenant: str = "", filter: ItemFilter | None = None, fusion: Fusion | None = None,
+               rrf_k: int = 0, weights: Mapping[str, float] | None = None, candidates: int = 0,
+               explain: bool = False, explain_reason: bool = False, rerank: bool | None = None,
+               rerank_top_k: int = 0, budget_ms: int = 0) -> SearchResult:
+        """Search by text, image (encoded bytes or a file path) or both.
 
-        ``request`` may carry anything else the contract offers (filters, fusion
-        parameters); the keyword arguments are set on top of it.
+        Every knob of the Search contract is a keyword; zero or None means the
+        server's default. ``filter``: conditions every result meets (applied inside
+        each channel's search). ``fusion`` ("rrf" or "dbsf"), ``rrf_k``, ``weights``
+        (per channel, 0 switches one off) and ``candidates`` (per channel) set how
+        channels are fused. ``explain`` fills ``SearchResult.explanations`` (with an
+        LLM sentence when ``explain_reason``); ``rerank``, ``rerank_top_k`` and
+        ``budget_ms`` control LLM re-ranking of the top candidates.
         """
         data = image.read_bytes() if isinstance(image, Path) else (image or b"")
-        message = pb.SearchRequest()
-        if request is not None:
-            message.CopyFrom(request)
-        message.text, message.image, message.top_k, message.tenant = text, data, top_k, tenant
-        message.explain, message.explain_reason = explain, explain_reason
-        message.rerank_budget_ms = budget_ms
-        if rerank is not None:
-            message.rerank = rerank
+        message = pb.SearchRequest(text=text, image=data, top_k=top_k, tenant=tenant,
+                                   explain=explain, explain_reason=explain_reason)
+        _set_shared(message, filter=filter, fusion=fusion, rrf_k=rrf_k, weights=weights,
+                    candidates=candidates, rerank=rerank, rerank_top_k=rerank_top_k,
+                    budget_ms=budget_ms)
         response = self._stub.Search(message, timeout=self.timeout)
-        return SearchReply(hits=convert.hits_from_response(response),
-                           channels=list(response.channels), fusion=response.fusion,
-                           reranked=response.reranked,
-                           budget_exhausted=response.rerank_budget_exhausted,
-                           explanations=convert.explanations_from_response(response))
+        return convert.search_result_from_response(response)
 
     def upsert_items(self, items: Iterable[tuple[ItemRecord, bytes | None]]) -> UpsertReport:
         """Stream items (each with optional encoded image bytes) into the service."""
@@ -143,35 +149,40 @@ class MmrecClient:
 
     def recommend(self, *, user_id: str = "", top_k: int = 0, tenant: str = "",
                   positive_ids: Sequence[str] = (), negative_ids: Sequence[str] = (),
-                  context: str = "", include_seen: bool = False, rerank: bool | None = None,
-                  explain: bool = False, strategy: str = "", diversity: float | None = None,
-                  budget_ms: int = 0,
-                  weights: dict[str, float] | None = None,
-                  filter: pb.Filter | None = None) -> RecommendResult:
-        """Recommendations for a user and/or example items (see RecommendRequest)."""
-        request = pb.RecommendRequest(
+                  context: str = "", filter: ItemFilter | None = None,
+                  include_seen: bool = False, strategy: str | None = None,
+                  diversity: float | None = None, fusion: Fusion | None = None, rrf_k: int = 0,
+                  weights: Mapping[str, float] | None = None, candidates: int = 0,
+                  explain: bool = False, rerank: bool | None = None, rerank_top_k: int = 0,
+                  budget_ms: int = 0) -> RecommendResult:
+        """Recommendations for a user's recorded history and/or example items.
+
+        Name whom or what for: ``user_id``, ``positive_ids`` (more like these;
+        ``negative_ids``: less like these) or ``context`` text. ``filter``, the fusion
+        knobs (``fusion``, ``rrf_k``, ``weights`` keyed by the channel names
+        :meth:`info` lists, ``candidates``) and the re-rank knobs work as in
+        :meth:`search`; ``strategy`` is one of ``engine.domain.STRATEGIES`` (None: the
+        server's), ``diversity`` in [0, 1] applies MMR (None: off). Seen items are left
+        out unless ``include_seen``; ``explain`` also says which history items led to
+        each result (``Explanation.because_of``).
+        """
+        message = pb.RecommendRequest(
             user_id=user_id, top_k=top_k, tenant=tenant, positive_ids=list(positive_ids),
             negative_ids=list(negative_ids), context=context, include_seen=include_seen,
-            explain=explain, filter=filter, rerank_budget_ms=budget_ms,
-            strategy={v: k for k, v in convert.STRATEGIES.items()}[strategy or None])
-        if rerank is not None:
-            request.rerank = rerank
+            explain=explain, strategy=convert.strategy_to_message(strategy))
         if diversity is not None:
-            request.diversity = diversity
-        if weights:
-            request.hybrid.channel_weights.update(weights)
-        response = self._stub.Recommend(request, timeout=self.timeout)
-        return RecommendResult(hits=convert.hits_from_response(response),
-                              channels=list(response.channels), fusion=response.fusion,
-                              strategy=response.strategy, cold_start=response.cold_start,
-                              reranked=response.reranked,
-                              budget_exhausted=response.rerank_budget_exhausted,
-                              explanations=convert.explanations_from_response(response))
+            message.diversity = diversity
+        _set_shared(message, filter=filter, fusion=fusion, rrf_k=rrf_k, weights=weights,
+                    candidates=candidates, rerank=rerank, rerank_top_k=rerank_top_k,
+                    budget_ms=budget_ms)
+        response = self._stub.Recommend(message, timeout=self.timeout)
+        return convert.recommend_result_from_response(response)
 
-    def delete_user(self, user_id: str, *, tenant: str = "") -> pb.DeleteUserResponse:
-        """Erase a user; the response counts what was removed."""
-        return self._stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id, tenant=tenant),
-                                     timeout=self.timeout)
+    def delete_user(self, user_id: str, *, tenant: str = "") -> Erasure:
+        """Erase everything stored about a user; the Erasure counts what was removed."""
+        response = self._stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id, tenant=tenant),
+                                         timeout=self.timeout)
+        return convert.erasure_from_response(response)
 
     def info(self) -> EngineInfo:
         """Models, channels, item count and device of the service."""
@@ -188,3 +199,20 @@ class MmrecClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _set_shared(message: pb.SearchRequest | pb.RecommendRequest, *, filter: ItemFilter | None,
+                fusion: Fusion | None, rrf_k: int, weights: Mapping[str, float] | None,
+                candidates: int, rerank: bool | None, rerank_top_k: int, budget_ms: int) -> None:
+    """Set the knobs Search and Recommend share (filter, fusion, re-ranking) on either request.
+
+    The two requests carry these under the same field names, so one function
+    keeps the two methods from drifting apart.
+    """
+    if filter:
+        message.filter.CopyFrom(convert.filter_to_message(filter))
+    message.hybrid.CopyFrom(convert.hybrid_to_message(fusion=fusion, rrf_k=rrf_k,
+                                                      weights=weights, candidates=candidates))
+    message.rerank_top_k, message.rerank_budget_ms = rerank_top_k, budget_ms
+    if rerank is not None:
+        message.rerank = rerank

@@ -260,6 +260,32 @@ def test_client_round_trip(server: ServerThread) -> None:
         assert client.delete_items(["lamp", "x"]) == (1, ["x"])
 
 
+def test_client_search_knobs(server: ServerThread, filled: pb_grpc.RecommenderStub) -> None:
+    """Every Search knob is a client keyword; filters are domain types, the answer a
+    SearchResult."""
+    from engine.domain import InvalidInput, ItemFilter, Match, MatchAny, Range, SearchResult
+
+    with MmrecClient(server.target) as client:
+        fruit = ItemFilter(must=(Match("tags", "fruit"),))
+        result = client.search(text="bike", top_k=3, filter=fruit, fusion="dbsf",
+                               weights={"clip": 0.0}, candidates=10, explain=True)
+        assert isinstance(result, SearchResult)
+        assert result.fusion == "dbsf"
+        assert [h.record.id for h in result.hits] == ["apple"]
+        assert result.explanations is not None and "clip" not in result.explanations[0].channels
+        assert client.search(text="apple", filter=ItemFilter(
+            must=(Range("price", lt=1.0),))).hits == []
+        assert [h.record.id for h in client.search(text="apple", filter=ItemFilter(
+            must=(MatchAny("tags", ("fruit", "veg")), Range("price", gte=1.5))))
+                .hits] == ["apple"]
+        rest = client.search(text="Red apple", top_k=5, rrf_k=10,
+                             filter=ItemFilter(must_not=(Match("tags", "fruit"),),
+                                               exclude_ids=("bike",)))
+        assert {h.record.id for h in rest.hits} == {"photo", "both"}
+        with pytest.raises(InvalidInput, match="unknown fusion"):
+            client.search(text="x", fusion="borda")  # type: ignore[arg-type]
+
+
 def test_service_writes_start_a_background_index_build(tmp_path: Path, tiny_text_dir: Path
                                                        ) -> None:
     config = make_config(tmp_path / "store", tiny_text_dir).model_copy(deep=True)

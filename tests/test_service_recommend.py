@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from engine.client import MmrecClient
+from engine.domain import Erasure
 from engine.runtime.engine import Engine
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -111,10 +112,27 @@ def test_delete_user_leaves_nothing(server: ServerThread, shop: pb_grpc.Recommen
         assert report.recorded == 2
         assert not client.recommend(user_id="eve", top_k=2).cold_start
         erased = client.delete_user("eve")
-        assert (erased.events_deleted, erased.seen_deleted, erased.profile_deleted) == (2, 2, True)
-        assert erased.cache_entries_deleted == 1
+        assert erased == Erasure(events=2, seen=2, profile=True, cache_entries=1)
         assert client.recommend(user_id="eve", top_k=2).cold_start
         assert engine.users.get("eve", tenant="default") is None
         assert all(r.user_id != "eve" for r in engine.users.users())
         again = client.delete_user("eve")
-        assert (again.events_deleted, again.profile_deleted) == (0, False)
+        assert (again.events, again.profile) == (0, False)
+
+
+def test_client_recommend_knobs(server: ServerThread, shop: pb_grpc.RecommenderStub) -> None:
+    """Recommend's knobs are client keywords too; the answer is a RecommendResult."""
+    from engine.domain import ItemFilter, RecommendResult
+
+    with MmrecClient(server.target) as client:
+        result = client.recommend(positive_ids=["i2"], negative_ids=["i4"], top_k=3,
+                                  context="bike", strategy="best_score", fusion="dbsf",
+                                  weights={"lexical": 2.0}, candidates=20, diversity=0.5,
+                                  filter=ItemFilter(exclude_ids=("i3",)), explain=True)
+        assert isinstance(result, RecommendResult)
+        assert (result.strategy, result.fusion, result.cold_start) == ("best_score", "dbsf", False)
+        assert len(result.hits) == 3 and not {"i2", "i3", "i4"} & {h.record.id for h in result.hits}
+        assert result.explanations is not None and len(result.explanations) == 3
+        with pytest.raises(grpc.RpcError) as err:
+            client.recommend(user_id="a", weights={"nonsense": 1.0})
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from engine.cli.render import print_info, print_reply, print_summary
+from engine.cli.render import print_info, print_results, print_summary
 from engine.config import EngineConfig
 from indexers.datasets import DATASETS
 
@@ -179,13 +179,13 @@ def search(
         raise typer.BadParameter("give a TEXT query, --image PATH, or both")
     with MmrecClient(target) as client:
         try:
-            reply = client.search(text=text, image=image, top_k=top_k, tenant=tenant,
-                                  explain=explain, explain_reason=reason, rerank=rerank,
-                                  budget_ms=budget_ms)
+            result = client.search(text=text, image=image, top_k=top_k, tenant=tenant,
+                                   explain=explain, explain_reason=reason, rerank=rerank,
+                                   budget_ms=budget_ms)
         except grpc.RpcError as exc:
             _fail(exc)
     label = " + ".join(filter(None, [repr(text) if text else "", str(image) if image else ""]))
-    print_reply(console, label, reply)
+    print_results(console, label, result)
 
 
 @app.command()

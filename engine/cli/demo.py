@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from engine.cli.render import print_info, print_reply, print_summary
+from engine.cli.render import print_info, print_results, print_summary
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.domain import EngineInfo, SchemaMismatch
+from engine.domain import EngineInfo, ModelStatus, SchemaMismatch
 from indexers.datasets import (
     movielens_dir,
     movielens_events,
@@ -138,11 +138,12 @@ def _text_queries(client: MmrecClient, console: Console, llm_loaded: bool) -> No
     """Each query, explained; the first once more re-ranked by the LLM, with its reasons."""
     client.search(text="warm-up", top_k=1)
     for query in TEXT_QUERIES:
-        print_reply(console, repr(query), client.search(text=query, top_k=5, explain=True))
+        print_results(console, repr(query), client.search(text=query, top_k=5, explain=True))
     if llm_loaded:
-        reply = client.search(text=TEXT_QUERIES[0], top_k=5, explain=True, explain_reason=True,
-                              rerank=True, budget_ms=10_000)
-        print_reply(console, f"{TEXT_QUERIES[0]!r} re-ranked by the LLM, with its reasons", reply)
+        result = client.search(text=TEXT_QUERIES[0], top_k=5, explain=True, explain_reason=True,
+                               rerank=True, budget_ms=10_000)
+        print_results(console, f"{TEXT_QUERIES[0]!r} re-ranked by the LLM, with its reasons",
+                      result)
 
 
 def _latency(client: MmrecClient, console: Console, info: EngineInfo) -> None:
@@ -162,7 +163,7 @@ def _latency(client: MmrecClient, console: Console, info: EngineInfo) -> None:
         console.print(f"LLM re-ranking off: {llm.reason if llm else 'not configured'}")
 
 
-def _image_queries(client: MmrecClient, console: Console, models: list,  # type: ignore[type-arg]
+def _image_queries(client: MmrecClient, console: Console, models: list[ModelStatus],
                    stamps: Path | None) -> None:
     clip = next((m for m in models if m.role == "clip"), None)
     paths = [stamps / p for p in IMAGE_QUERIES if stamps and (stamps / p).is_file()]
@@ -178,8 +179,8 @@ def _image_queries(client: MmrecClient, console: Console, models: list,  # type:
             console.print(f"  (the service answers an image query with {exc.code().name})")
         return
     for path in paths:
-        reply = client.search(image=path, top_k=5)
-        print_reply(console, f"image {path.name}", reply)
+        result = client.search(image=path, top_k=5)
+        print_results(console, f"image {path.name}", result)
 
 
 def _train_behaviour(config: EngineConfig, events_log: Path, console: Console) -> None:
@@ -220,26 +221,25 @@ def _recommend(client: MmrecClient, console: Console, events_log: Path, llm: boo
                       f"events/s); {len(report.rejected)} refused")
     else:
         console.print("the MovieLens events were recorded by an earlier demo run")
-    print_reply(console, f"recommended for {DEMO_USER}",
-                client.recommend(user_id=DEMO_USER, top_k=5, explain=True))
-    print_reply(console, f"{DEMO_USER}, in the context 'space adventure with aliens'",
-                client.recommend(user_id=DEMO_USER, top_k=5, context="space adventure with aliens",
-                                 explain=True))
+    print_results(console, f"recommended for {DEMO_USER}",
+                  client.recommend(user_id=DEMO_USER, top_k=5, explain=True))
+    print_results(console, f"{DEMO_USER}, in the context 'space adventure with aliens'",
+                  client.recommend(user_id=DEMO_USER, top_k=5,
+                                   context="space adventure with aliens", explain=True))
     if llm:
-        print_reply(console, f"{DEMO_USER}, re-ranked by the LLM given the recent history",
-                    client.recommend(user_id=DEMO_USER, top_k=5, rerank=True, explain=True))
+        print_results(console, f"{DEMO_USER}, re-ranked by the LLM given the recent history",
+                      client.recommend(user_id=DEMO_USER, top_k=5, rerank=True, explain=True))
     client.delete_user(VISITOR)
-    print_reply(console, f"new visitor {VISITOR!r} (no history)",
-                client.recommend(user_id=VISITOR, top_k=5))
+    print_results(console, f"new visitor {VISITOR!r} (no history)",
+                  client.recommend(user_id=VISITOR, top_k=5))
     from engine.domain import Event
 
     started = time.perf_counter()
     client.record_events([Event(VISITOR, "ml-1", "like", 0.0, time.time())])
-    reply = client.recommend(user_id=VISITOR, top_k=5, explain=True)
+    result = client.recommend(user_id=VISITOR, top_k=5, explain=True)
     took = (time.perf_counter() - started) * 1000
-    print_reply(console, f"{VISITOR} after liking Toy Story (event to new list: {took:.0f} ms)",
-                reply)
+    print_results(console, f"{VISITOR} after liking Toy Story (event to new list: {took:.0f} ms)",
+                  result)
     erased = client.delete_user(VISITOR)
-    console.print(f"DeleteUser({VISITOR!r}): {erased.events_deleted} events, "
-                  f"{erased.seen_deleted} seen items, profile erased: {erased.profile_deleted}, "
-                  f"{erased.cache_entries_deleted} cache entries")
+    console.print(f"DeleteUser({VISITOR!r}): {erased.events} events, {erased.seen} seen items, "
+                  f"profile erased: {erased.profile}, {erased.cache_entries} cache entries")

@@ -33,23 +33,23 @@ def print_summary(out: Console, summary: JobSummary) -> None:
         out.print(f"  failed rows ({reasons}) are listed in {summary.dead_letter}")
 
 
-def print_reply(out: Console, label: str, reply: SearchResult | RecommendResult) -> None:
+def print_results(out: Console, label: str, result: SearchResult | RecommendResult) -> None:
     """A readable table of search or recommend results, with the reasons when asked for."""
-    how = f"channels: {', '.join(reply.channels)}; {reply.fusion}"
-    if getattr(reply, "cold_start", False):
+    how = f"channels: {', '.join(result.channels)}; {result.fusion}"
+    if getattr(result, "cold_start", False):
         how += "; cold start"
-    if reply.reranked:
-        how += f"; LLM re-ranked {reply.reranked}"
-        how += " (budget ran out)" if reply.budget_exhausted else ""
+    if result.reranked:
+        how += f"; LLM re-ranked {result.reranked}"
+        how += " (budget ran out)" if result.budget_exhausted else ""
     table = Table(title=f"{label}  [dim]({how})[/]", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("id", overflow="fold")
     table.add_column("title")
     table.add_column("details", overflow="fold")
-    if reply.explanations is not None:
+    if result.explanations is not None:
         table.add_column("why", overflow="fold")
-    for rank, hit in enumerate(reply.hits, start=1):
+    for rank, hit in enumerate(result.hits, start=1):
         attrs = hit.record.attributes
         if "genres" in attrs:  # a film
             details = f"{attrs.get('year') or ''} {', '.join(attrs['genres'])}".strip()
@@ -58,8 +58,8 @@ def print_reply(out: Console, label: str, reply: SearchResult | RecommendResult)
         else:
             details = hit.record.text
         row = [str(rank), f"{hit.score:.3f}", hit.record.id, hit.record.title, details]
-        if reply.explanations is not None:
-            row.append(why(reply.explanations[rank - 1]))
+        if result.explanations is not None:
+            row.append(why(result.explanations[rank - 1]))
         table.add_row(*row)
     out.print(table)
 

@@ -1,11 +1,17 @@
 """The one place where protobuf messages become domain types and back.
 
 The service and the client both go through here, so proto types never reach
-the pipeline and domain types never reach the wire unconverted.
+the pipeline and domain types never reach the wire unconverted. Every
+conversion has its inverse beside it (the service reads what the client writes
+and the client reads what the service writes): ``item_filter`` /
+``filter_to_message``, ``search_response`` / ``search_result_from_response``,
+``recommend_response`` / ``recommend_result_from_response``, ``erasure_response`` /
+``erasure_from_response``, ``info_response`` / ``info_from_response``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -113,8 +119,16 @@ def search_response(result: SearchResult) -> pb.SearchResponse:
                              fusion=result.fusion)
 
 
-FUSIONS: dict[int, Fusion | None] = {pb.FUSION_UNSPECIFIED: None, pb.FUSION_RRF: "rrf",
-                                     pb.FUSION_DBSF: "dbsf"}
+def search_result_from_response(response: pb.SearchResponse) -> SearchResult:
+    """A SearchResponse as a SearchResult (client side; the inverse of :func:`search_response`)."""
+    return SearchResult(hits=hits_from_response(response), channels=list(response.channels),
+                        fusion=response.fusion, reranked=response.reranked,
+                        budget_exhausted=response.rerank_budget_exhausted,
+                        explanations=explanations_from_response(response))
+
+
+FUSIONS: dict[pb.Fusion, Fusion | None] = {pb.FUSION_UNSPECIFIED: None, pb.FUSION_RRF: "rrf",
+                                            pb.FUSION_DBSF: "dbsf"}
 
 
 def _scalar(value: struct_pb2.Value, key: str) -> str | int | bool:
@@ -140,7 +154,7 @@ def _condition(condition: pb.Condition) -> Condition:
         values = tuple(_scalar(v, key) for v in condition.any_of.values)
         if not values:
             raise InvalidInput(f"filter on {key!r}: `any_of` is empty")
-        return MatchAny(key, values)  # type: ignore[arg-type]
+        return MatchAny(key, values)
     if test == "range":
         r = condition.range
         bounds = {b: getattr(r, b) if r.HasField(b) else None for b in ("gte", "gt", "lte", "lt")}
@@ -155,6 +169,55 @@ def item_filter(message: pb.Filter) -> ItemFilter:
     return ItemFilter(must=tuple(_condition(c) for c in message.must),
                       must_not=tuple(_condition(c) for c in message.must_not),
                       exclude_ids=tuple(message.exclude_ids))
+
+
+def _value(value: str | int | bool) -> struct_pb2.Value:
+    """An equality value on the wire (the inverse of ``_scalar``; bool before int)."""
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    if isinstance(value, str):
+        return struct_pb2.Value(string_value=value)
+    return struct_pb2.Value(number_value=float(value))
+
+
+def _condition_message(condition: Condition) -> pb.Condition:
+    """One domain condition on the wire (the inverse of ``_condition``)."""
+    if isinstance(condition, Match):
+        return pb.Condition(key=condition.key, equals=_value(condition.value))
+    if isinstance(condition, MatchAny):
+        values = pb.ValueList(values=[_value(v) for v in condition.values])
+        return pb.Condition(key=condition.key, any_of=values)
+    bounds = {b: getattr(condition, b) for b in ("gte", "gt", "lte", "lt")}
+    return pb.Condition(key=condition.key, range=pb.NumericRange(
+        **{b: v for b, v in bounds.items() if v is not None}))
+
+
+def filter_to_message(filter_: ItemFilter) -> pb.Filter:
+    """An ItemFilter on the wire (client side; the inverse of :func:`item_filter`)."""
+    return pb.Filter(must=[_condition_message(c) for c in filter_.must],
+                     must_not=[_condition_message(c) for c in filter_.must_not],
+                     exclude_ids=list(filter_.exclude_ids))
+
+
+def fusion_to_message(fusion: Fusion | None) -> pb.Fusion:
+    """A fusion name ("rrf", "dbsf"; None: the server's default) as the wire enum."""
+    by_name = {name: number for number, name in FUSIONS.items()}
+    if fusion not in by_name:
+        raise InvalidInput(f"unknown fusion {fusion!r}; use 'rrf' or 'dbsf' (None: the "
+                           "server's default)")
+    return by_name[fusion]
+
+
+def hybrid_to_message(*, fusion: Fusion | None = None, rrf_k: int = 0,
+                      weights: Mapping[str, float] | None = None,
+                      candidates: int = 0) -> pb.HybridParams:
+    """Channel fusion settings on the wire (client side); zero or None keeps a server default.
+
+    The service reads them back with ``FUSIONS``, ``rrf_k``, ``channel_weights`` and
+    ``candidates`` (``RequestValidator.shared``).
+    """
+    return pb.HybridParams(fusion=fusion_to_message(fusion), rrf_k=rrf_k,
+                           channel_weights=dict(weights or {}), candidates=candidates)
 
 
 def hits_from_response(response: pb.SearchResponse | pb.RecommendResponse) -> list[SearchHit]:
@@ -202,10 +265,19 @@ def info_from_response(response: pb.GetInfoResponse) -> EngineInfo:
     )
 
 
-STRATEGIES: dict[int, str | None] = {
+STRATEGIES: dict[pb.RecommendStrategy, str | None] = {
     pb.RECOMMEND_STRATEGY_UNSPECIFIED: None, pb.RECOMMEND_STRATEGY_PROFILE: "profile",
     pb.RECOMMEND_STRATEGY_AVERAGE_VECTOR: "average_vector",
     pb.RECOMMEND_STRATEGY_BEST_SCORE: "best_score", pb.RECOMMEND_STRATEGY_SUM_SCORES: "sum_scores"}
+
+
+def strategy_to_message(strategy: str | None) -> pb.RecommendStrategy:
+    """A strategy name (None or empty: the server's default) as the wire enum."""
+    by_name = {name: number for number, name in STRATEGIES.items()}
+    if (strategy or None) not in by_name:
+        names = ", ".join(repr(n) for n in by_name if n)
+        raise InvalidInput(f"unknown strategy {strategy!r}; use one of {names}")
+    return by_name[strategy or None]
 
 
 def event_from_message(message: pb.Event) -> Event:
@@ -230,8 +302,26 @@ def recommend_response(result: RecommendResult) -> pb.RecommendResponse:
                                 strategy=result.strategy)
 
 
+def recommend_result_from_response(response: pb.RecommendResponse) -> RecommendResult:
+    """A RecommendResponse as a RecommendResult (client side; the inverse of
+    :func:`recommend_response`)."""
+    return RecommendResult(hits=hits_from_response(response), channels=list(response.channels),
+                           fusion=response.fusion, strategy=response.strategy,
+                           cold_start=response.cold_start, reranked=response.reranked,
+                           budget_exhausted=response.rerank_budget_exhausted,
+                           explanations=explanations_from_response(response))
+
+
 def erasure_response(erasure: Erasure) -> pb.DeleteUserResponse:
     """What DeleteUser removed, on the wire."""
     return pb.DeleteUserResponse(events_deleted=erasure.events, seen_deleted=erasure.seen,
                                  profile_deleted=erasure.profile,
                                  cache_entries_deleted=erasure.cache_entries)
+
+
+def erasure_from_response(response: pb.DeleteUserResponse) -> Erasure:
+    """What DeleteUser removed, as an Erasure (client side; the inverse of
+    :func:`erasure_response`)."""
+    return Erasure(events=response.events_deleted, seen=response.seen_deleted,
+                   profile=response.profile_deleted,
+                   cache_entries=response.cache_entries_deleted)
