@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, Self
 
 import numpy as np
 import open_clip
@@ -35,6 +35,23 @@ RANDOM_WEIGHTS_SEED = 0
 """Seed for ``random_weights`` models, so tests and benchmarks see the same model every run."""
 
 
+class ClipModel(Protocol):
+    """What the encoder calls of an open_clip model (``open_clip.CLIP`` and its kin, all
+    ``torch.nn.Module``; open_clip ships no types, and a module's attributes are not typed)."""
+
+    def eval(self) -> Self:
+        """Inference mode (dropout off); returns the model."""
+        ...
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Image features, one row per image."""
+        ...
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Text features, one row per token sequence."""
+        ...
+
+
 class OpenClipEncoder:
     """A :class:`~engine.encoders.base.ClipEncoder` backed by an open_clip model.
 
@@ -44,7 +61,7 @@ class OpenClipEncoder:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: ClipModel,
         preprocess: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         *,

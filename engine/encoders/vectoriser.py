@@ -103,5 +103,5 @@ def _rows(mask: np.ndarray, values: Sequence[Any], encode: Callable[[list[Any]],
     out = np.zeros((len(values), dim), dtype=np.float32)
     idx = np.flatnonzero(mask)
     if len(idx):
-        out[idx] = encode([values[i] for i in idx])
+        out[idx] = encode([values[i] for i in idx.tolist()])
     return out
