@@ -19,9 +19,10 @@ SMOLLM2 := $(DATA)/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 demo: install data models  ## index the demo data, serve it, query it over gRPC
 	$(VENV)/bin/mmrec demo
 
-test: install models  ## lint, check the generated stubs, run the tests (the real SmolLM2 test needs models)
+test: install models  ## lint, check stubs, imports and types, run the tests (the real SmolLM2 test needs models)
 	$(PY) protos/generate.py --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 install: $(STAMP)

@@ -12,18 +12,22 @@ Arguments are keywords with plain values or ``engine.domain`` types (``ItemRecor
 protobuf type appears in a public signature: ``engine.service.convert`` turns them
 into messages and back, the same code the service uses, so both ends agree.
 
-Errors arrive as ``grpc.RpcError`` with the server's status code and message; a
-fusion or strategy name the contract does not know raises ``InvalidInput`` before
-any call is made.
+Errors arrive as ``engine.domain`` exceptions carrying the server's message and,
+in ``status``, its gRPC status name: INVALID_ARGUMENT is ``InvalidInput``,
+NOT_FOUND ``NotFound``, FAILED_PRECONDITION ``FailedPrecondition``, UNAVAILABLE
+(the service is down or unreachable) ``Unavailable``, any other status
+``RemoteError``. A fusion or strategy name the contract does not know raises
+``InvalidInput`` before any call is made.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -41,6 +45,7 @@ from engine.domain import (
 from engine.service import convert
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
+from engine.service.status import error_from_status
 
 SERVICE_NAME = "mmrec.v1.Recommender"
 
@@ -62,6 +67,26 @@ class EventReport:
     rejected: list[tuple[int, str]]
 
 
+class _DomainErrors:
+    """The generated stub, with each call's ``grpc.RpcError`` raised as its domain error."""
+
+    def __init__(self, stub: pb_grpc.RecommenderStub) -> None:
+        self._stub = stub
+
+    def __getattr__(self, rpc: str) -> Callable[..., Any]:
+        method = getattr(self._stub, rpc)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+                details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+                raise error_from_status(code, details or "") from exc
+
+        return call
+
+
 class MmrecClient:
     """Blocking client over one channel; use as a context manager or call :meth:`close`."""
 
@@ -72,7 +97,7 @@ class MmrecClient:
             ("grpc.max_send_message_length", 32 * 1024 * 1024),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ])
-        self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._stub = _DomainErrors(pb_grpc.RecommenderStub(self._channel))
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def wait_ready(self, timeout: float = 60.0) -> None:

@@ -1,7 +1,5 @@
 """``python -m indexers CATALOG --data-dir DIR``: the bulk indexing job (same as `mmrec index`)."""
 
-import sys
+from indexers.command import main
 
-from engine.cli import app
-
-app(["index", *sys.argv[1:]])
+main()

@@ -13,11 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import grpc
 from PIL import Image
 
 from engine.client import MmrecClient
-from engine.domain import InvalidInput, ItemInput, ItemRecord, StoredItem, Unavailable
+from engine.domain import (
+    InvalidInput,
+    ItemInput,
+    ItemRecord,
+    MmrecError,
+    StoredItem,
+    Unavailable,
+)
 from engine.encoders.images import decode_image
 from engine.runtime.engine import Engine
 from indexers.fetch import FetchOptions, fetch_image_bytes
@@ -153,9 +159,9 @@ class ServiceTarget:
         """One UpsertItems stream for the batch; the service's rejections come back."""
         try:
             report = self.client.upsert_items((p.record, p.image_bytes) for p in encoded)
-        except grpc.RpcError as exc:
+        except MmrecError as exc:
             raise Unavailable(f"UpsertItems to {self.client.target} failed: "
-                              f"{exc.code().name}: {exc.details()}") from exc
+                              f"{exc.status or type(exc).__name__}: {exc}") from exc
         return [(index, reason) for index, _id, reason in report.rejected]
 
     def flush(self) -> None:

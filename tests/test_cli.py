@@ -92,3 +92,20 @@ def test_search_reports_unreachable_service() -> None:
     result = runner.invoke(app, ["search", "x", "--target", f"127.0.0.1:{free_port()}"])
     assert result.exit_code == 2 and "UNAVAILABLE" in result.output
     assert time.perf_counter() - start < 40
+
+
+def test_python_m_indexers_runs_the_job_without_the_command_line(
+        tmp_path: Path, tiny_text_dir: Path) -> None:
+    """``python -m indexers`` is the same job as ``mmrec index``, started on its own."""
+    config = write_config(tmp_path / "mmrec.toml", tiny_text_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "indexers", str(write_rows(tmp_path / "c.jsonl")), "--config",
+         str(config), "--data-dir", str(tmp_path / "store"), "--no-progress"],
+        capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "indexed 1 items" in result.stdout and "Store holds 1 items" in result.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "indexers", str(tmp_path / "c.jsonl"), "--config", str(config),
+         "--data-dir", str(tmp_path / "store"), "--no-progress"],
+        capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0 and "already indexed" in again.stdout, again.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from engine.client import MmrecClient
 from engine.config import EngineConfig
+from engine.domain import FailedPrecondition, InvalidInput, NotFound, RemoteError, Unavailable
 from engine.runtime.engine import Engine
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -231,10 +233,10 @@ def test_without_clip_weights(server_without_clip: ServerThread) -> None:
         reply = client.search(text="A wooden chair", top_k=1)
         assert reply.channels == ["fused", "text", "lexical"]
         assert reply.hits[0].record.id == "doc"
-        with pytest.raises(grpc.RpcError) as err:
+        with pytest.raises(FailedPrecondition) as err:
             client.search(image=png_bytes(3))
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "CLIP channel, which is off" in err.value.details()
+        assert err.value.status == "FAILED_PRECONDITION"
+        assert "CLIP channel, which is off" in str(err.value)
         report = client.upsert_items([(pb_item_record("pic", ""), png_bytes(4))])
         assert report.upserted == 0 and "CLIP channel, which is off" in report.rejected[0][2]
 
@@ -309,3 +311,25 @@ def test_service_writes_start_a_background_index_build(tmp_path: Path, tiny_text
     finally:
         srv.stop()
         eng.close()
+
+
+def test_the_client_raises_the_domain_error_of_each_status(server: ServerThread) -> None:
+    """INVALID_ARGUMENT, NOT_FOUND and UNAVAILABLE come back as the domain errors they stand
+    for, with the server's message and the status name; a status no domain error stands for
+    (DEADLINE_EXCEEDED) is a RemoteError."""
+    with MmrecClient(server.target) as client:
+        with pytest.raises(InvalidInput) as bad:
+            client.search(text="x", top_k=100_000)
+        assert bad.value.status == "INVALID_ARGUMENT" and "top_k 100000" in str(bad.value)
+        with pytest.raises(NotFound) as missing:
+            client.get_items(["no-such-item"])
+        assert missing.value.status == "NOT_FOUND" and "no-such-item" in str(missing.value)
+    with MmrecClient(server.target, timeout=1e-6) as hurried, pytest.raises(RemoteError) as late:
+        hurried.search(text="x")
+    assert late.value.status == "DEADLINE_EXCEEDED"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    with MmrecClient(closed, timeout=5) as nobody, pytest.raises(Unavailable) as down:
+        nobody.info()
+    assert down.value.status == "UNAVAILABLE"

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import grpc
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
-from engine.cli.render import print_info, print_results, print_summary
+from engine.cli.render import print_info, print_results
 from engine.config import EngineConfig
+from engine.domain import MmrecError
+from engine.runtime.logs import configure_logging, quiet_model_loading
+from indexers.command import index as index_catalog
 from indexers.datasets import DATASETS
 
 app = typer.Typer(help="mmrec: multimodal search and recommendation over gRPC.",
@@ -28,20 +28,6 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Service address 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
-    for noisy in ("httpx", "huggingface_hub", "urllib3", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _quiet_model_loading() -> None:
-    """Per-load weight progress bars from transformers add noise to our own progress output."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def _config(config: Path | None, data_dir: Path | None, **service: Any) -> EngineConfig:
     overrides: dict[str, Any] = {}
     if data_dir is not None:
@@ -50,7 +36,7 @@ def _config(config: Path | None, data_dir: Path | None, **service: Any) -> Engin
     if service:
         overrides["service"] = service
     cfg = EngineConfig.load(config, **overrides)
-    _setup_logging(cfg.log_level)
+    configure_logging(cfg.log_level)
     return cfg
 
 
@@ -65,53 +51,11 @@ def serve(
     from engine.service import serve as run_server
 
     cfg = _config(config, data_dir, port=port, host=host)
-    _quiet_model_loading()
+    quiet_model_loading()
     run_server(cfg)
 
 
-@app.command()
-def index(
-    source: Annotated[Path, typer.Argument(
-        help="Catalog: JSONL, CSV/TSV, Parquet, or a folder of images with sidecar captions.",
-        exists=True)],
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    service: Annotated[str | None, typer.Option(
-        help="Write through a running service (host:port) instead of the data dir.")] = None,
-    source_format: Annotated[str | None, typer.Option(
-        "--format", help="jsonl, csv, parquet or folder; default: from the name.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Items per encoder batch.")] = 64,
-    workers: Annotated[int, typer.Option(min=1, help="Image fetch/decode threads.")] = 2,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
-    checkpoint_seconds: Annotated[float, typer.Option(
-        min=0, help="Longest time between checkpoints.")] = 5.0,
-    restart: Annotated[bool, typer.Option(help="Ignore the checkpoint; index all again.")] = False,
-    allow_http: Annotated[bool, typer.Option(help="Fetch http(s) image URLs.")] = False,
-    http_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per attempt.")] = 10.0,
-    http_retries: Annotated[int, typer.Option(min=0, help="Extra attempts per image.")] = 2,
-    dead_letter: Annotated[Path | None, typer.Option(
-        help="Where skipped rows go (JSONL); default: next to the checkpoint.")] = None,
-    checkpoint_dir: Annotated[Path | None, typer.Option(
-        help="Where checkpoints go; default: DATA_DIR/jobs.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
-    """Index a catalog: bad rows are dead-lettered, re-runs change nothing, kills resume."""
-    from indexers.fetch import FetchOptions
-    from indexers.job import run_index_job
-    from indexers.pipeline import JobOptions
-
-    cfg = _config(config, data_dir)
-    cfg.clip.batch_size = cfg.text_encoder.batch_size = batch_size
-    if device is not None:
-        cfg.device = device
-    _quiet_model_loading()
-    summary = run_index_job(
-        cfg, source, service=service, source_format=source_format,
-        options=JobOptions(batch_size=batch_size, workers=workers, restart=restart,
-                           checkpoint_seconds=checkpoint_seconds, progress=progress),
-        fetch=FetchOptions(allow_http=allow_http, timeout=http_timeout, retries=http_retries),
-        dead_letter=dead_letter, checkpoint_dir=checkpoint_dir)
-    print_summary(console, summary)
+app.command("index")(index_catalog)
 
 
 @app.command("train-seq")
@@ -139,7 +83,7 @@ def train_seq(
     from indexers.behaviour import train_behaviour
 
     cfg = _config(config, data_dir)
-    _quiet_model_loading()
+    quiet_model_loading()
     settings = SequentialSettings(seed=seed)
     if epochs is not None:
         settings = replace(settings, epochs=epochs)
@@ -182,7 +126,7 @@ def search(
             result = client.search(text=text, image=image, top_k=top_k, tenant=tenant,
                                    explain=explain, explain_reason=reason, rerank=rerank,
                                    budget_ms=budget_ms)
-        except grpc.RpcError as exc:
+        except MmrecError as exc:
             _fail(exc)
     label = " + ".join(filter(None, [repr(text) if text else "", str(image) if image else ""]))
     print_results(console, label, result)
@@ -196,7 +140,7 @@ def info(target: TargetOpt = DEFAULT_TARGET) -> None:
     with MmrecClient(target) as client:
         try:
             details = client.info()
-        except grpc.RpcError as exc:
+        except MmrecError as exc:
             _fail(exc)
     print_info(console, details)
 
@@ -214,14 +158,13 @@ def demo(
     from engine.cli.demo import run_demo
 
     cfg = _config(config, data_dir)
-    _quiet_model_loading()
+    quiet_model_loading()
     sys.exit(run_demo(cfg, datasets=datasets, port=port, config_file=config))
 
 
-def _fail(exc: grpc.RpcError) -> None:
-    code = exc.code().name if hasattr(exc, "code") else "ERROR"
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    console.print(f"[red]{code}[/]: {details}")
+def _fail(exc: MmrecError) -> None:
+    """Print what the service (or the client) refused, with the gRPC status name, and exit 2."""
+    console.print(f"[red]{exc.status or type(exc).__name__}[/]: {exc}")
     raise typer.Exit(2)
 
 

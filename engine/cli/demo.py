@@ -14,13 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 from rich.console import Console
 
-from engine.cli.render import print_info, print_results, print_summary
+from engine.cli.render import print_info, print_results
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.domain import EngineInfo, ModelStatus, SchemaMismatch
+from engine.domain import EngineInfo, MmrecError, ModelStatus, SchemaMismatch
+from indexers.command import print_summary
 from indexers.datasets import (
     movielens_dir,
     movielens_events,
@@ -175,8 +175,8 @@ def _image_queries(client: MmrecClient, console: Console, models: list[ModelStat
         console.print(f"[yellow]image queries skipped[/]: the CLIP channel is off ({reason})")
         try:
             client.search(image=paths[0], top_k=5)
-        except grpc.RpcError as exc:
-            console.print(f"  (the service answers an image query with {exc.code().name})")
+        except MmrecError as exc:
+            console.print(f"  (the service answers an image query with {exc.status})")
         return
     for path in paths:
         result = client.search(image=path, top_k=5)

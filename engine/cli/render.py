@@ -1,36 +1,14 @@
-"""How the CLI and the demo print things: job summaries, result tables, explanations, info."""
+"""How the CLI and the demo print things: result tables, explanations, info.
+
+The indexing job's summary is printed by ``indexers.command.print_summary``.
+"""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from engine.domain import EngineInfo, Explanation, RecommendResult, SearchResult
-
-if TYPE_CHECKING:
-    from indexers.pipeline import JobSummary
-
-
-def print_summary(out: Console, summary: JobSummary) -> None:
-    """The end-of-job report: counts, time, and items/s per stage."""
-    if summary.already_done:
-        out.print(f"already indexed: nothing to do (store holds {summary.store_count} items; "
-                  "--restart indexes again)")
-        return
-    resumed = f" (resumed after row {summary.resumed_from})" if summary.resumed_from else ""
-    out.print(f"[bold]indexed[/] {summary.indexed} items, [bold]failed[/] {summary.failed} rows"
-              f"{resumed}; this run {summary.seconds:.1f} s, {summary.items_per_second:.1f} rows/s"
-              f", index build {summary.finish_seconds:.1f} s. Store holds "
-              f"{summary.store_count} items.")
-    rates = summary.stage_rates()
-    out.print("  stages (items per busy second): " + ", ".join(
-        f"{stage} {rates[stage]:.0f}/s ({summary.stage_seconds[stage]:.1f} s)"
-        for stage in rates))
-    if summary.failed:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items()))
-        out.print(f"  failed rows ({reasons}) are listed in {summary.dead_letter}")
 
 
 def print_results(out: Console, label: str, result: SearchResult | RecommendResult) -> None:

@@ -11,6 +11,7 @@ from engine.domain.errors import (
     MmrecError,
     ModelUnavailable,
     NotFound,
+    RemoteError,
     SchemaMismatch,
     Unavailable,
 )
@@ -103,7 +104,7 @@ __all__ = [
     "RecommendRequest",
     "RecommendResult",
     "RecommendStrategy",
-    "RecommendVectors",
+    "RecommendVectors", "RemoteError",
     "SchemaMismatch",
     "SearchHit",
     "SearchRequest",

@@ -11,6 +11,10 @@ from __future__ import annotations
 class MmrecError(Exception):
     """Base class of every error mmrec raises on purpose."""
 
+    status: str = ""
+    """The gRPC status name when the error came from a remote service ("INVALID_ARGUMENT");
+    empty when it was raised in this process."""
+
 
 class InvalidInput(MmrecError):
     """The caller sent something we cannot use (maps to INVALID_ARGUMENT)."""
@@ -42,3 +46,8 @@ class ModelUnavailable(MmrecError):
 
 class SchemaMismatch(FailedPrecondition):
     """An existing store was built with other vector channels or sizes than the engine's."""
+
+
+class RemoteError(MmrecError):
+    """A remote service answered with a status no domain error stands for (DEADLINE_EXCEEDED,
+    INTERNAL, ...); ``status`` names it and the message is the server's."""

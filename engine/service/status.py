@@ -1,4 +1,9 @@
-"""Domain errors to gRPC status codes, in exactly one place."""
+"""Domain errors to gRPC status codes and back, in exactly one place.
+
+The service turns a domain error into its status (:func:`status_code`,
+:func:`mapped_errors`); the client turns a status back into the domain error
+(:func:`error_from_status`), so both ends speak ``engine.domain`` exceptions.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from engine.domain import (
     MmrecError,
     ModelUnavailable,
     NotFound,
+    RemoteError,
     Unavailable,
 )
 
@@ -28,6 +34,22 @@ STATUS_OF: dict[type[MmrecError], grpc.StatusCode] = {
     ModelUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
+
+
+ERROR_OF: dict[grpc.StatusCode, type[MmrecError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+}
+"""The inverse of STATUS_OF (FAILED_PRECONDITION comes back as the general class)."""
+
+
+def error_from_status(code: grpc.StatusCode, details: str) -> MmrecError:
+    """The domain error a remote status stands for, carrying the status name and message."""
+    error = ERROR_OF.get(code, RemoteError)(details or code.name)
+    error.status = code.name
+    return error
 
 
 def status_code(error: MmrecError) -> grpc.StatusCode:
