@@ -45,7 +45,7 @@ from engine.rerank.layouts import (
     forward_positions,
     repeat,
 )
-from engine.rerank.loading import RerankerSpec, load_causal_lm
+from engine.rerank.loading import CausalLM, RerankerSpec, decode_one, load_causal_lm
 from engine.rerank.stage import RerankScores, merge_order
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class LlmReranker:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: CausalLM,
         tokenizer: PreTrainedTokenizerBase,
         *,
         name: str = "llm",
@@ -158,7 +158,7 @@ class LlmReranker:
         """``text`` cut to ``max_tokens`` tokens (unchanged when shorter)."""
         with self._lock:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
+            return text if len(ids) <= max_tokens else decode_one(self.tokenizer, ids[:max_tokens])
 
     # -- scoring ------------------------------------------------------------------------------
 
@@ -248,9 +248,9 @@ class LlmReranker:
             for _ in range(rounds):
                 for prefix, batch in work:
                     cache = repeat(prefix.cache, batch.copies)
-                    begin = time.monotonic()
+                    started = time.monotonic()
                     self.model(**batch.inputs, **{self._cache_arg: cache}, use_cache=True)
-                    seconds += time.monotonic() - begin
+                    seconds += time.monotonic() - started
         return len(candidates) * rounds / seconds if seconds else math.inf
 
     # -- internals ----------------------------------------------------------------------------
@@ -278,7 +278,8 @@ class LlmReranker:
         if self._neutral_prefix is None:
             prefix = self._run_prefix(self.prompt_ids("")[1])
             with self._lock:
-                self._neutral_prefix = self._neutral_prefix or prefix
+                if self._neutral_prefix is None:  # another thread may have set it meanwhile
+                    self._neutral_prefix = prefix
         return self._neutral_prefix
 
     def _mean_logprobs(self, prefix: _Prefix, rows: list[list[int]]) -> list[float]:

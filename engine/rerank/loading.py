@@ -9,7 +9,7 @@ source file's size and mtime, so a replaced GGUF is converted again.
 
 Loading never downloads (``local_files_only=True``): a Hugging Face id must
 already be in the local cache. Anything that cannot be loaded raises
-:class:`~engine.errors.ModelUnavailable` with a message that says how to fix it.
+:class:`~engine.domain.ModelUnavailable` with a message that says how to fix it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, Self
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -35,7 +35,7 @@ from engine.domain import ModelUnavailable
 try:  # POSIX only; without it two processes may both convert (the rename still keeps one).
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # why: None marks it missing (checked before use)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,67 @@ FIX = (
     "Hugging Face cache; `make models` unpacks the default SmolLM2-135M-Instruct GGUF into "
     ".mmrec/models/smollm2/; or turn re-ranking off (MMREC_RERANK__ENABLED=false)"
 )
+
+
+class CausalLM(Protocol):
+    """What mmrec uses of a loaded causal LM (a Hugging Face ``PreTrainedModel`` with
+    ``GenerationMixin``): to convert it, run it, and generate with it.
+
+    A plain ``torch.nn.Module`` types its unknown attributes as tensors or submodules, so it
+    would not say that ``generate`` can be called; transformers names its loaders' result
+    only by a private class, whose ``to`` is wrapped out of a usable signature."""
+
+    @property
+    def config(self) -> Any:
+        """The model's ``PretrainedConfig``."""
+        ...
+
+    @property
+    def generation_config(self) -> Any:
+        """The model's ``GenerationConfig`` (kept when a GGUF file is converted)."""
+        ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """A forward pass (its output has ``logits`` and the key/value cache)."""
+        ...
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The forward method, read for the name of its cache argument."""
+        ...
+
+    def eval(self) -> Self:
+        """Inference mode; returns the model."""
+        ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        """The model moved to a device or cast to a dtype (returns the model)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The weights by name."""
+        ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
+        """The weights (their device and dtype are the model's)."""
+        ...
+
+    def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Token ids, prompt included (the default ``return_dict_in_generate=False``)."""
+        ...
+
+
+def decode_one(
+    tokenizer: PreTrainedTokenizerBase,
+    ids: list[int] | torch.Tensor,
+    *,
+    skip_special_tokens: bool = False,
+) -> str:
+    """``tokenizer.decode`` of one sequence of token ids: a string (only a batch of sequences
+    decodes to a list, which ``decode``'s declared ``str | list[str]`` allows for)."""
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    if not isinstance(text, str):
+        raise TypeError(f"decoding one sequence of token ids gave {type(text).__name__}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -105,7 +166,7 @@ def default_cache_dir(data_dir: Path, model: str) -> Path:
 
 def load_causal_lm(
     spec: RerankerSpec,
-) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, str]:
+) -> tuple[CausalLM, PreTrainedTokenizerBase, str]:
     """Load ``(model, tokenizer, name)`` in eval mode on the spec's device.
 
     A ``.gguf`` file is converted once into ``spec.cache_dir`` and loaded from
@@ -210,7 +271,7 @@ def _convert(gguf: Path, target: Path) -> None:
     (target / MARKER).write_text(json.dumps(source_marker(gguf), indent=2))
 
 
-def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[CausalLM, PreTrainedTokenizerBase]:
     """Tokenizer and dequantised model straight from a GGUF file (slow: tens of seconds)."""
     if not gguf.is_file():
         raise ModelUnavailable(f"LLM file {gguf} does not exist; {FIX}.")
@@ -242,7 +303,7 @@ def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, PreTrai
 
 def _load_folder(
     source: str, dtype: torch.dtype, name: str
-) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+) -> tuple[CausalLM, PreTrainedTokenizerBase]:
     """Tokenizer and model from a local folder or a cached HF id, never downloading."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)

@@ -20,6 +20,8 @@ import time
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria
 
+from engine.rerank.loading import CausalLM, decode_one
+
 logger = logging.getLogger(__name__)
 
 REASON_INSTRUCTION = "In one sentence, say why '{item}' matches the search '{query}'."
@@ -44,7 +46,7 @@ class _StopAtSentenceOrDeadline(StoppingCriteria):
         self.steps = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
-                 **kwargs: object) -> torch.BoolTensor:
+                 **kwargs: object) -> torch.Tensor:
         """One flag per row: True once that row's text has a sentence end."""
         now = time.monotonic()
         self.first_step = self.first_step or now
@@ -53,8 +55,8 @@ class _StopAtSentenceOrDeadline(StoppingCriteria):
             self.timed_out = True
             return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         done = [
-            bool(_SENTENCE_END.search(self.tokenizer.decode(
-                row[self.prompt_length:], skip_special_tokens=True).lstrip()))
+            bool(_SENTENCE_END.search(decode_one(
+                self.tokenizer, row[self.prompt_length:], skip_special_tokens=True).lstrip()))
             for row in input_ids
         ]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
@@ -65,7 +67,7 @@ class ReasonWriter:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: CausalLM,
         tokenizer: PreTrainedTokenizerBase,
         *,
         max_query_tokens: int = 64,
@@ -116,7 +118,7 @@ class ReasonWriter:
         if stop.timed_out:
             logger.debug("reason dropped: deadline reached after %d tokens", len(new))
             return None
-        return _first_sentence(self.tokenizer.decode(new, skip_special_tokens=True),
+        return _first_sentence(decode_one(self.tokenizer, new, skip_special_tokens=True),
                                complete=len(new) < budget)
 
     def _prompt_ids(self, query: str, item_text: str) -> torch.Tensor:
@@ -141,7 +143,7 @@ class ReasonWriter:
         text = " ".join(text.split())
         with self._lock:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
+            return text if len(ids) <= max_tokens else decode_one(self.tokenizer, ids[:max_tokens])
 
     def _affordable_tokens(self, deadline: float | None, wanted: int) -> int:
         """How many new tokens fit before ``deadline`` at the measured speed (<= ``wanted``)."""
