@@ -6,7 +6,7 @@ Everything outside this package uses the two interfaces and the factory:
 
 Specs are data (:mod:`engine.encoders.registry`); the factory resolves
 settings into a spec with fast offline checks and raises
-:class:`engine.errors.ModelUnavailable` (never random weights) when a model
+:class:`engine.domain.ModelUnavailable` (never random weights) when a model
 cannot be loaded here.
 """
 

@@ -14,9 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FUSED = "fused"
-"""Name of the fused named vector in the store."""
-
 
 def l2_normalise(rows: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length; all-zero rows stay zero (a missing part)."""

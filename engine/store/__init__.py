@@ -2,13 +2,12 @@
 
 ``EdgeStore`` (default) embeds a qdrant-edge shard in the engine process;
 ``ServerStore`` talks to a Qdrant server or cluster. Both answer
-``hybrid_search(engine.query.HybridQuery)`` with one Query API request (a prefetch
+``hybrid_search(engine.domain.HybridQuery)`` with one Query API request (a prefetch
 per channel, nearest or recommend, RRF or DBSF, payload filters), hold dense and
 sparse (BM25, IDF) vectors, and keep each item's popularity. Users live beside
 the items: ``EdgeUserStore`` (a shard in ``DATA_DIR/users``) or ``ServerUserStore``
 (a collection named after the items'). Qdrant types stop here: callers see only
-``engine.types`` / ``engine.query`` objects, :class:`UserRecord` and
-``engine.errors`` exceptions.
+``engine.domain`` objects and exceptions, and :class:`UserRecord`.
 """
 
 from __future__ import annotations

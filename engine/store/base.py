@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from engine.domain import (
+    POPULARITY,
     ChannelQuery,
     FusedHit,
     HybridQuery,
@@ -46,7 +47,6 @@ __all__ = [
     "FLOAT_INDEXED_FIELDS",
     "KEYWORD_INDEXED_FIELDS",
     "PAYLOAD_KEYS",
-    "POPULARITY",
     "PreparedPoint",
     "SparseValues",
     "VectorSchema",
@@ -74,10 +74,10 @@ PAYLOAD_KEYS: tuple[str, ...] = ("item_id", "tenant", "title", "text", "image_ur
 KEYWORD_INDEXED_FIELDS: tuple[str, ...] = ("tenant", "item_id")
 """Payload fields with a keyword index (tenant filtering, lookups by item id)."""
 
-POPULARITY = "popularity"
-"""Payload key of an item's popularity: a float that ``add_popularity`` adds to, missing
-meaning 0. It is not part of the record (``payload_to_record`` never reads it), and
-``upsert`` carries it over when an item is replaced, so re-indexing keeps it."""
+# POPULARITY (engine.domain) is the payload key of an item's popularity: a float that
+# ``add_popularity`` adds to, missing meaning 0. It is not part of the record
+# (``payload_to_record`` never reads it), and ``upsert`` carries it over when an item is
+# replaced, so re-indexing keeps it.
 
 FLOAT_INDEXED_FIELDS: tuple[str, ...] = (POPULARITY,)
 """Payload fields with a float (range) index: ``popular()`` orders by it (Qdrant's
@@ -268,7 +268,7 @@ class VectorStore(StoreLifecycle):
 
     Point ids are the deterministic ``ItemRecord.point_id`` (uuid5 of tenant and
     item id), so upserting the same item again replaces it. Everything returned is
-    an ``engine.types`` object; backend types never leave ``engine.store``.
+    an ``engine.domain`` object; backend types never leave ``engine.store``.
     """
 
     schema: VectorSchema
@@ -293,7 +293,7 @@ class VectorStore(StoreLifecycle):
     ) -> list[SearchHit]:
         """The nearest items of ``tenant`` on the named vector ``using``, best first.
 
-        Cosine for a dense vector; for a sparse one (pass an ``engine.query.SparseVector``)
+        Cosine for a dense vector; for a sparse one (pass an ``engine.domain.SparseVector``)
         the BM25 score with the store's IDF.
         """
         limit = check_limit(limit)

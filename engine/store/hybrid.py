@@ -3,7 +3,7 @@
 Each backend turns a :class:`HybridPlan` into ONE Qdrant request: a prefetch per
 channel (its query, its limit, the filter) fused by RRF or DBSF, with the same
 filter on the outer query. A channel's query is a nearest search on its vector,
-or Qdrant's recommend query for an ``engine.query.RecommendVectors`` (the channel
+or Qdrant's recommend query for an ``engine.domain.RecommendVectors`` (the channel
 score is then the recommend score). With ``with_channel_hits`` the request goes in
 one batch together with each channel's own query (same filter and limit), so
 the per-channel ranks reported are the ranks the fusion used. A plan with one

@@ -184,7 +184,7 @@ def dims_differences(stored: Mapping[str, int], wanted: Mapping[str, int]) -> li
 class UserStore(StoreLifecycle):
     """Where users live: one point per (tenant, user id), fetched by id, never searched.
 
-    Everything returned is a :class:`UserRecord`; errors are ``engine.errors``
+    Everything returned is a :class:`UserRecord`; errors are ``engine.domain``
     exceptions (``InvalidInput`` for bad records, ``Unavailable`` when the backend
     fails, ``FailedPrecondition`` after :meth:`close` or for a held data dir,
     ``SchemaMismatch`` when the stored vectors differ from ``dims``).
