@@ -135,8 +135,9 @@ def check_event(event: Event, weights: ProfileWeights) -> None:
 
 def profile_to_record(profile: UserProfile) -> UserRecord:
     """The users-collection record of a profile; the only writer of its payload layout."""
-    norm = float(np.linalg.norm(profile.vector)) if profile.vector is not None else 0.0
-    vectors = {PROFILE_VECTOR: profile.vector / norm} if norm > 0 else {}
+    vector = profile.vector
+    norm = float(np.linalg.norm(vector)) if vector is not None else 0.0
+    vectors = {PROFILE_VECTOR: vector / norm} if vector is not None and norm > 0 else {}
     payload = {
         # Columns, not one list per event: a user is rewritten on every event, and flat
         # lists halve the cost of building, journalling and storing a long history.
@@ -260,7 +261,8 @@ class ProfileBook:
         vectors = {tenant: self.items.vectors(sorted(ids), tenant=tenant,
                                               using=self.content_vector)
                    for tenant, ids in by_tenant.items()}
-        recorded, popularity = 0, defaultdict(lambda: defaultdict(float))
+        recorded = 0
+        popularity: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         batches: dict[str, dict[str, list[Event]]] = defaultdict(dict)
         for (tenant, user_id), user_events in by_user.items():
             known = []
