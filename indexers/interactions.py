@@ -70,6 +70,15 @@ def _rows(path: Path) -> Iterator[dict[str, object]]:
             yield dict(zip(header, values, strict=False))
 
 
+def _number(value: object) -> float:
+    """A row's numeric field as ``float``; ``float``'s own TypeError or ValueError when it
+    holds no number. A JSON row may hold any JSON value there, a CSV row a string."""
+    if isinstance(value, str | int | float):
+        return float(value)
+    raise TypeError(f"float() argument must be a string or a real number, "
+                    f"not {type(value).__name__!r}")
+
+
 def read_events(path: Path, *, tenant: str = DEFAULT_TENANT,
                 stats: LogStats | None = None) -> Iterator[Event]:
     """The interactions of a log file as events, in file order."""
@@ -84,9 +93,9 @@ def read_events(path: Path, *, tenant: str = DEFAULT_TENANT,
             stats.skip(line, "user_id or item_id missing")
             continue
         try:
-            timestamp = float(row.get("timestamp") or 0.0)  # type: ignore[arg-type]
+            timestamp = _number(row.get("timestamp") or 0.0)
             kind = str(row.get("kind") or ("rating" if "rating" in row else "view")).lower()
-            value = float(row.get("value") or row.get("rating") or 0.0)  # type: ignore[arg-type]
+            value = _number(row.get("value") or row.get("rating") or 0.0)
         except (TypeError, ValueError) as exc:
             stats.skip(line, f"unreadable number ({exc})")
             continue

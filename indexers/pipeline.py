@@ -294,7 +294,7 @@ class IndexJob:
                 return
 
     def _write(self, units: queue.Queue[Any], state: cp.Checkpoint, letters: cp.DeadLetters,
-               bar: tqdm) -> None:  # type: ignore[type-arg]
+               bar: tqdm) -> None:
         """Store batches, dead-letter bad rows, and checkpoint after a flush."""
         last_checkpoint = time.monotonic()
         reasons = Counter(state.reasons)

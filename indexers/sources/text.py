@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 from collections import deque
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
-from typing import IO
 
 from engine.domain import InvalidInput
 from indexers.sources.base import (
@@ -33,7 +33,8 @@ class _TextFile(CatalogFile):
         with self.path.open("rb") as fh:
             self.gzipped = fh.read(2) == b"\x1f\x8b"
 
-    def _open(self) -> IO[bytes]:
+    def _open(self) -> io.BufferedIOBase:
+        """The file's bytes, decompressed when gzipped (both are buffered binary streams)."""
         return gzip.open(self.path, "rb") if self.gzipped else self.path.open("rb")
 
     def _unreadable(self, exc: Exception) -> InvalidInput:
@@ -89,7 +90,7 @@ class _LineTape:
     replacing bad bytes leaves the record boundaries where they were.
     """
 
-    def __init__(self, lines: IO[bytes]) -> None:
+    def __init__(self, lines: io.BufferedIOBase) -> None:
         self.lines = lines
         self.text: list[str] = []
         self.error = ""
