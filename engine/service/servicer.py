@@ -163,7 +163,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 await queue.put(None)
 
         reader = asyncio.create_task(read())
-        recorded, users, rejected = 0, set(), []
+        recorded = 0
+        users: set[tuple[str, str]] = set()
+        rejected: list[pb.RejectedEvent] = []
         try:
             finished = False
             while not finished:
