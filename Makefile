@@ -23,6 +23,7 @@ test: install models  ## lint, check stubs, imports and types, run the tests (th
 	$(PY) protos/generate.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 install: $(STAMP)

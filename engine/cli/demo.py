@@ -12,7 +12,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -50,7 +52,7 @@ IMAGE_QUERIES = ["animals/mammals/dogs/dog.png", "vehicles/emergency/firetruck.p
                  "hobbies/music/string/guitar_classical.png"]
 
 
-def _write_if_changed(rows, out: Path) -> int:  # type: ignore[no-untyped-def]
+def _write_if_changed(rows: Iterator[dict[str, Any]], out: Path) -> int:
     """Write JSONL rows, leaving an identical file untouched (checkpoints stay valid)."""
     fresh = out.with_suffix(".new")
     count = write_jsonl(rows, fresh)
@@ -70,7 +72,7 @@ def build_catalog(datasets: Path, out: Path, console: Console) -> Path | None:
                       "(or `make demo`, which runs it)")
         return None
 
-    def rows():  # type: ignore[no-untyped-def]
+    def rows() -> Iterator[dict[str, Any]]:
         yield from movielens_items(films)
         yield from tuxpaint_items(stamps)
 

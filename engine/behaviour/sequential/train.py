@@ -128,10 +128,10 @@ def _fit(trainable: list[np.ndarray], encoded: list[np.ndarray],
     network = build_network(n_items, settings).to(torch.device(settings.device))
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
-    valid_users = [u for u, t in enumerate(valid_targets or []) if t is not None]
+    targets = {u: t for u, t in enumerate(valid_targets or []) if t is not None}
+    valid_users = list(targets)
     valid_histories = [encoded[u] for u in valid_users]
-    valid_items = np.array([index[valid_targets[u]] for u in valid_users],  # type: ignore[index]
-                           dtype=np.int64)
+    valid_items = np.array([index[targets[u]] for u in valid_users], dtype=np.int64)
 
     best_state, best_ndcg, best_epoch, stale, epoch = None, -1.0, 0, 0, 0
     bar = tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch",
