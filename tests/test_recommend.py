@@ -19,8 +19,12 @@ from engine.config import EngineConfig
 from engine.domain import (
     BEHAVIOUR,
     COOCCURRENCE,
+    ChannelHit,
+    ChannelQuery,
     Event,
+    HybridQuery,
     InvalidInput,
+    ItemFilter,
     ItemInput,
     ItemRecord,
     RecommendRequest,
@@ -129,6 +133,47 @@ def test_cold_start_gets_popular_items_within_the_filter(engine: Engine) -> None
     narrow = ItemFilter(must=(Range("n", gte=4),))
     hits = engine.recommend(RecommendRequest(tenant=TENANT, user_id="new", filter=narrow)).hits
     assert [h.record.id for h in hits] == ["m7", "m5"]
+
+
+def test_cold_start_with_context_fuses_its_matches_with_their_popularity(
+        engine: Engine) -> None:
+    # distinct values (Qdrant orders equal ones as it likes); m0, m1, m4, m6 have none
+    engine.store.add_popularity({"m2": 1.0, "m3": 6.0, "m5": 2.0, "m7": 5.0, "m8": 3.0,
+                                 "m9": 4.0}, tenant=TENANT)
+    request = RecommendRequest(tenant=TENANT, user_id="new", context="bike", top_k=6,
+                               explain=True)
+    result = engine.recommend(request)
+
+    # the context's channels alone, through the store (contract-tested), then the fusion
+    # with the popularity ranking computed here: 1 / (k - 1 + rank) per ranking
+    settings, recommender = engine.config.recommend, engine.recommender
+    encoded = recommender.channels.vectoriser.query("bike", None)
+    weights = recommender.channels.weights(request)
+    channels = [ChannelQuery(name, vector, settings.candidates, weights.get(name, 1.0))
+                for name, vector in encoded.vectors.items()]
+    assert result.cold_start and result.channels == [*encoded.vectors, "popularity"]
+    matches = [h.record.id for h in engine.store.hybrid_search(HybridQuery(
+        channels, limit=settings.candidates, tenant=TENANT, rrf_k=settings.rrf_k))]
+    popularity = {h.record.id: h.score for h in engine.store.popular(
+        tenant=TENANT, filter=ItemFilter(), limit=len(IDS))}
+    by_popularity = sorted((i for i in matches if i in popularity),
+                           key=lambda i: -popularity[i])
+    k = settings.rrf_k
+    score = {i: 1 / (k - 1 + rank) for rank, i in enumerate(matches, start=1)}
+    for rank, i in enumerate(by_popularity, start=1):
+        score[i] += 1 / (k - 1 + rank)
+    expected = sorted(score, key=lambda i: (-round(score[i], 6), i))[:6]
+    assert [h.record.id for h in result.hits] == expected
+    assert [h.score for h in result.hits] == pytest.approx([score[i] for i in expected],
+                                                           rel=1e-5)
+    assert result.explanations is not None
+    for explanation, hit in zip(result.explanations, result.hits, strict=True):
+        item_id = hit.record.id
+        standing = explanation.channels.get("popularity")
+        if item_id in popularity:
+            assert standing == ChannelHit(by_popularity.index(item_id) + 1, popularity[item_id])
+        else:
+            assert standing is None
 
 
 def test_items_unknown_to_the_behaviour_model_still_come_via_content_and_popularity(

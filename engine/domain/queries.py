@@ -118,3 +118,16 @@ class HybridQuery:
 
     A query with a single channel is a plain nearest search: its hits carry that
     channel's own scores (cosine, or BM25 for ``lexical``), not fused ones."""
+    popularity_weight: float = 0.0
+    """Also rank the fused candidates by their popularity and fuse that ranking in by RRF
+    with this weight (the candidates' own ranking has weight 1); 0 = off.
+
+    Still one Query API call: the channels' fusion ranks the candidates (as many as the
+    largest channel limit or ``limit``, whichever is more), those same candidates are
+    ordered by popularity (items without one are not in that ranking), and the two
+    rankings are fused by RRF with ``rrf_k``. Results stay among the candidates: popular
+    items the channels did not find never come in. Popularity is a ranking here, so the
+    outer fusion is RRF whatever ``fusion`` says (``fusion`` fuses the channels). With
+    ``with_channel_hits`` each hit's popularity rank and value come as a channel named
+    ``popularity``. Equal popularity values have no defined order in Qdrant's
+    ``order_by``, so tied items may swap ranks between backends."""

@@ -4,12 +4,14 @@ For a user (their recorded profile) and/or explicit positive and negative
 items, :class:`engine.recommend.channels.RecommendChannels` builds a query per
 channel (behaviour, co-occurrence, content, context). All of them go to the
 store in one Query API call (RRF or DBSF) with the request's filter and the
-seen items excluded. With no history the user gets popular items within the
-filter (and the context). The top candidates may be re-scored by the LLM given
-the recent history's titles (LlamaRec's idea), under the same budget rules as
-search (:class:`engine.rerank.stage.RerankStage`), and the final list may be
-diversified by maximal marginal relevance. Explanations name the history items
-behind each result.
+seen items excluded. With no history the user gets the popular items within
+the filter or, with context text, one query whose RRF fuses the context's
+matches with those same matches ranked by popularity
+(``HybridQuery.popularity_weight``). The top candidates may be re-scored by the
+LLM given the recent history's titles (LlamaRec's idea), under the same budget
+rules as search (:class:`engine.rerank.stage.RerankStage`), and the final list
+may be diversified by maximal marginal relevance. Explanations name the history
+items behind each result.
 """
 
 from __future__ import annotations
@@ -121,7 +123,12 @@ class Recommender:
 
     def _popular(self, request: RecommendRequest, item_filter: ItemFilter, limit: int
                  ) -> tuple[list[FusedHit], list[str]]:
-        """Cold start: popular items in the filter; with context, popular among its matches."""
+        """Cold start: popular items in the filter; with context, popular among its matches.
+
+        With context it is one store query: the context channels' fused matches (the top
+        ``max(limit, candidates)``) and those same matches ranked by popularity, fused by
+        RRF; popular items that do not match the context never come in.
+        """
         if not request.context:
             popular = self.store.popular(tenant=request.tenant, filter=item_filter, limit=limit)
             return [FusedHit(h.record, h.score) for h in popular], [POPULARITY]
@@ -129,18 +136,10 @@ class Recommender:
         weights = self.channels.weights(request)
         channels = [ChannelQuery(name, vector, self.settings.candidates, weights.get(name, 1.0))
                     for name, vector in encoded.vectors.items()]
-        matches = self.store.hybrid_search(HybridQuery(
-            channels=channels, limit=self.settings.candidates, tenant=request.tenant,
-            filter=item_filter, rrf_k=self.settings.rrf_k, with_channel_hits=request.explain))
-        popular = self.store.popular(tenant=request.tenant, filter=item_filter,
-                                     limit=max(1000, self.settings.candidates))
-        pop_rank = {h.record.id: rank for rank, h in enumerate(popular, start=1)}
-        k = self.settings.rrf_k
-        scored = [(1 / (k + rank) + (1 / (k + pop_rank[h.record.id])
-                                     if h.record.id in pop_rank else 0.0), h)
-                  for rank, h in enumerate(matches, start=1)]
-        scored.sort(key=lambda pair: -pair[0])
-        hits = [FusedHit(h.record, score, h.channels) for score, h in scored[:limit]]
+        hits = self.store.hybrid_search(HybridQuery(
+            channels=channels, limit=limit, tenant=request.tenant, filter=item_filter,
+            rrf_k=self.settings.rrf_k, with_channel_hits=request.explain,
+            popularity_weight=1.0))
         return hits, [c.using for c in channels] + [POPULARITY]
 
     def _fill(self, hits: list[FusedHit], request: RecommendRequest, item_filter: ItemFilter,

@@ -283,9 +283,12 @@ class VectorStore(StoreLifecycle):
 
         One request to Qdrant: a prefetch per channel, fused by RRF (``rrf_k``, the
         channel weights) or DBSF; a single channel is a plain nearest search whose
-        scores are that channel's own. With ``with_channel_hits`` each hit also says
-        where it stood in each channel that found it (1-based rank, raw score).
-        ``InvalidInput`` for a malformed query (see ``engine.store.hybrid``).
+        scores are that channel's own. A ``popularity_weight`` also fuses in, by RRF,
+        the candidates' ranking by popularity (still one request; results stay among
+        the candidates). With ``with_channel_hits`` each hit also says where it stood
+        in each channel that found it (1-based rank, raw score; ``popularity``: rank
+        and popularity). ``InvalidInput`` for a malformed query (see
+        ``engine.store.hybrid``).
         """
 
     def search(

@@ -9,6 +9,14 @@ one batch together with each channel's own query (same filter and limit), so
 the per-channel ranks reported are the ranks the fusion used. A plan with one
 channel skips fusion: its hits carry that channel's own scores.
 
+With a ``popularity_weight`` the request nests one level deeper: the outer RRF
+(``rrf_k``, weights ``[1, popularity_weight]``) fuses A, the channels' fusion (or
+the one channel) keeping :attr:`HybridPlan.candidate_limit` candidates, and B, the
+same A re-ordered by Qdrant's ``order_by`` on the popularity payload field
+(descending; items without a popularity drop out of B). The answer stays among A's
+candidates. Its per-channel batch adds B alone, reported as the channel
+``popularity`` with the popularity value as score.
+
 Fusion, as Qdrant defines it (checked on qdrant-edge and in qdrant-client's
 local mode, ``qdrant_client/hybrid/fusion.py``), with ``rank`` 1-based:
 
@@ -34,6 +42,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from engine.domain import (
+    POPULARITY,
     ChannelHit,
     ChannelQuery,
     FusedHit,
@@ -84,11 +93,30 @@ class HybridPlan:
     rrf_k: int
     filter: FilterPlan
     with_channel_hits: bool
+    popularity_weight: float = 0.0
 
     @property
     def fused(self) -> bool:
         """Whether the query fuses several channels (one channel is a plain nearest search)."""
         return len(self.channels) > 1
+
+    @property
+    def popularity(self) -> bool:
+        """Whether the candidates' popularity ranking is fused in (``popularity_weight > 0``)."""
+        return self.popularity_weight > 0
+
+    @property
+    def plain(self) -> bool:
+        """Whether the request is one plain nearest search: one channel, no popularity."""
+        return not self.fused and not self.popularity
+
+    @property
+    def candidate_limit(self) -> int:
+        """How many candidates the channels' fusion keeps before popularity re-ranks them:
+        the largest channel limit or ``limit``, whichever is more (one channel: its limit)."""
+        if not self.fused:
+            return self.channels[0].limit
+        return max(self.limit, *(channel.limit for channel in self.channels))
 
     @property
     def result_limit(self) -> int:
@@ -99,6 +127,17 @@ class HybridPlan:
     def weights(self) -> list[float]:
         """The RRF weight of each channel, in prefetch order."""
         return [channel.weight for channel in self.channels]
+
+    @property
+    def popularity_weights(self) -> list[float]:
+        """The outer RRF's weights: the candidates' fused ranking, then their popularity's."""
+        return [1.0, self.popularity_weight]
+
+    @property
+    def ranking_names(self) -> list[str]:
+        """The rankings reported per hit, in batch order: each channel, then popularity."""
+        names = [channel.using for channel in self.channels]
+        return [*names, POPULARITY] if self.popularity else names
 
 
 # The checks below take ``object``: a query's fields are typed, but its caller may not be
@@ -120,6 +159,15 @@ def _channel_weight(using: str, weight: object) -> float:
     return weight
 
 
+def _popularity_weight(weight: object) -> float:
+    """The popularity ranking's RRF weight; ``InvalidInput`` unless a finite number >= 0."""
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not (
+        math.isfinite(weight) and weight >= 0
+    ):
+        raise InvalidInput(f"popularity_weight must be a finite number >= 0, got {weight!r}")
+    return float(weight)
+
+
 def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
     """Validate ``query`` against the schema; ``None`` when no channel can match anything.
 
@@ -129,12 +177,15 @@ def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
     if query.fusion not in ("rrf", "dbsf"):
         raise InvalidInput(f"fusion must be 'rrf' or 'dbsf', got {query.fusion!r}")
     _check_rrf_k(query.rrf_k)
+    popularity_weight = _popularity_weight(query.popularity_weight)
     limit = check_limit(query.limit)
     if not query.channels:
         raise InvalidInput("a hybrid query needs at least one channel")
     names = [channel.using for channel in query.channels]
     if len(set(names)) != len(names):
         raise InvalidInput(f"each vector may be queried once per hybrid query, got {names}")
+    if popularity_weight > 0 and POPULARITY in names:
+        raise InvalidInput(f"a channel may not be named {POPULARITY!r} with a popularity_weight")
     item_filter = plan_filter(query.tenant, query.filter)
     channels: list[ChannelPlan] = []
     for channel in query.channels:
@@ -147,7 +198,8 @@ def plan_hybrid(schema: VectorSchema, query: HybridQuery) -> HybridPlan | None:
     if not channels:
         return None
     return HybridPlan(
-        tuple(channels), limit, query.fusion, query.rrf_k, item_filter, query.with_channel_hits
+        tuple(channels), limit, query.fusion, query.rrf_k, item_filter, query.with_channel_hits,
+        popularity_weight,
     )
 
 
@@ -207,11 +259,12 @@ ScoredId = tuple[str, float]
 def _channel_standing(
     plan: HybridPlan, rankings: Sequence[Sequence[ScoredId]]
 ) -> dict[str, dict[str, ChannelHit]]:
-    """Point id -> channel name -> rank (1-based) and score, from each channel's own ranking."""
+    """Point id -> channel name -> rank (1-based) and score, from each channel's own ranking
+    (and the popularity ranking, if the plan has one)."""
     standing: dict[str, dict[str, ChannelHit]] = {}
-    for channel, ranking in zip(plan.channels, rankings, strict=True):
+    for name, ranking in zip(plan.ranking_names, rankings, strict=True):
         for rank, (point, score) in enumerate(ranking, start=1):
-            standing.setdefault(point, {})[channel.using] = ChannelHit(rank, float(score))
+            standing.setdefault(point, {})[name] = ChannelHit(rank, float(score))
     return standing
 
 
@@ -222,8 +275,9 @@ def fused_hits(
 ) -> list[FusedHit]:
     """``FusedHit`` objects from the fused points (id, payload, score), best first.
 
-    ``rankings`` are the channels' own results (for a one-channel plan, the fused
-    points themselves serve). Equal scores are ordered by item id, so both
+    ``rankings`` are the channels' own results, then the popularity ranking if the plan
+    has one, scored by popularity (for a plain one-channel plan, the fused points
+    themselves serve). Equal scores are ordered by item id, so both
     backends return ties in one order. Points without our payload are skipped.
     """
     if plan.with_channel_hits and rankings is None:

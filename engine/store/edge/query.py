@@ -8,8 +8,11 @@ spells a :class:`~engine.store.hybrid.HybridPlan` in qdrant-edge types, the way
 from __future__ import annotations
 
 from qdrant_edge import (
+    Direction,
+    Filter,
     Fusion,
     IdfParams,
+    OrderBy,
     Prefetch,
     Query,
     QueryRequest,
@@ -18,6 +21,7 @@ from qdrant_edge import (
     SparseVector,
 )
 
+from engine.domain import POPULARITY
 from engine.store.edge.filters import edge_filter, edge_tenant_filter
 from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
 from engine.store.schema import SparseValues, VectorValues
@@ -57,12 +61,43 @@ def _nearest(plan: HybridPlan, hnsw_ef: int) -> list[tuple[Query, int, SearchPar
     return [(_query(c), c.limit, _params(plan, c, hnsw_ef)) for c in plan.channels]
 
 
+def _by_popularity() -> OrderBy:
+    """Qdrant's ``order_by`` on the popularity payload field, most popular first."""
+    return OrderBy(POPULARITY, Direction.Desc)
+
+
+def _popularity_fused(
+    plan: HybridPlan, flt: Filter, prefetches: list[Prefetch], fusion: Fusion.Rrf | Fusion.Dbsf
+) -> tuple[QueryRequest, QueryRequest]:
+    """The request fusing the candidates (A) with their popularity ranking (B), and B alone.
+
+    A is the channels' fusion (or the one channel's prefetch), B the same A ordered
+    by popularity; the outer RRF weighs them ``plan.popularity_weights``."""
+    limit = plan.candidate_limit
+    matches = prefetches[0] if not plan.fused else Prefetch(
+        limit=limit, prefetches=prefetches, filter=flt,
+        query=fusion,  # type: ignore[arg-type]  # why: qdrant-edge's stub gives Fusion's variants no base
+    )
+    popular = Prefetch(limit=limit, prefetches=[matches], query=_by_popularity(), filter=flt)
+    outer = Fusion.Rrf(k=plan.rrf_k, weights=plan.popularity_weights)
+    fused = QueryRequest(
+        limit=plan.result_limit,
+        prefetches=[matches, popular],
+        query=outer,  # type: ignore[arg-type]  # why: qdrant-edge's stub gives Rrf no base
+        filter=flt,
+        with_payload=True,
+    )
+    ranking = QueryRequest(limit=limit, prefetches=[matches], query=_by_popularity(), filter=flt)
+    return fused, ranking
+
+
 def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[QueryRequest]:
-    """The batch for ``query_batch``: the fused request first, then (if asked and there are
-    several channels) each channel's own nearest request with the same filter and limit."""
+    """The batch for ``query_batch``: the fused request first, then (if asked, and the plan
+    is not one plain nearest search) each channel's own nearest request with the same
+    filter and limit, and the popularity ranking if the plan has one."""
     flt = edge_filter(plan.filter)
     channels = _nearest(plan, hnsw_ef)
-    if not plan.fused:
+    if plan.plain:
         ((nearest, _, params),) = channels
         return [QueryRequest(
             limit=plan.result_limit, query=nearest, filter=flt, params=params, with_payload=True,
@@ -70,20 +105,23 @@ def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[QueryRequest]:
     fusion = Fusion.Rrf(k=plan.rrf_k, weights=plan.weights) if plan.fusion == "rrf" else (
         Fusion.Dbsf()
     )
+    prefetches = [
+        Prefetch(limit=limit, query=nearest, filter=flt, params=params)
+        for nearest, limit, params in channels
+    ]
+    own = [
+        QueryRequest(limit=limit, query=nearest, filter=flt, params=params)
+        for nearest, limit, params in channels
+    ]
+    if plan.popularity:
+        fused, ranking = _popularity_fused(plan, flt, prefetches, fusion)
+        return [fused, *own, ranking] if plan.with_channel_hits else [fused]
     fused = QueryRequest(
         limit=plan.limit,
-        prefetches=[
-            Prefetch(limit=limit, query=nearest, filter=flt, params=params)
-            for nearest, limit, params in channels
-        ],
+        prefetches=prefetches,
         # Fusion.Rrf and Fusion.Dbsf are pyo3 enum variants, subclasses of Fusion at run time.
         query=fusion,  # type: ignore[arg-type]  # why: qdrant-edge's stub gives them no base
         filter=flt,
         with_payload=True,
     )
-    if not plan.with_channel_hits:
-        return [fused]
-    return [fused, *(
-        QueryRequest(limit=limit, query=nearest, filter=flt, params=params)
-        for nearest, limit, params in channels
-    )]
+    return [fused, *own] if plan.with_channel_hits else [fused]

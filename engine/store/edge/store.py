@@ -170,7 +170,11 @@ class EdgeStore(VectorStore):
         with self._reading() as shard, backend_errors("search"):
             results = shard.query_batch(batch)
         points = [(str(p.id), p.payload, p.score) for p in results[0]]
-        rankings = [[(str(p.id), p.score) for p in ranking] for ranking in results[1:]]
+        # A nearest ranking scores by similarity, the popularity ranking by popularity.
+        rankings = [
+            [(str(p.id), p.score if p.order_value is None else p.order_value) for p in ranking]
+            for ranking in results[1:]
+        ]
         return fused_hits(plan, points, rankings or None)
 
     def raw_query_seconds(self, query: HybridQuery) -> float:

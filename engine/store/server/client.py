@@ -19,7 +19,7 @@ import grpc
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from engine.domain import FailedPrecondition, SchemaMismatch, Unavailable
+from engine.domain import POPULARITY, FailedPrecondition, SchemaMismatch, Unavailable
 from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
 from engine.store.lifecycle import StoreLifecycle
 from engine.store.schema import SparseValues, VectorValues
@@ -167,8 +167,39 @@ def _params(plan: HybridPlan, channel: ChannelPlan, hnsw_ef: int) -> models.Sear
     return models.SearchParams(hnsw_ef=hnsw_ef, idf=models.IdfCorpusParams(corpus=corpus))
 
 
+def _by_popularity() -> models.OrderByQuery:
+    """Qdrant's ``order_by`` on the popularity payload field, most popular first."""
+    return models.OrderByQuery(
+        order_by=models.OrderBy(key=POPULARITY, direction=models.Direction.DESC)
+    )
+
+
+def _popularity_fused(
+    plan: HybridPlan, flt: models.Filter, prefetches: list[models.Prefetch], fusion: models.Query
+) -> tuple[models.QueryRequest, models.QueryRequest]:
+    """The request fusing the candidates (A) with their popularity ranking (B), and B alone.
+
+    A is the channels' fusion (or the one channel's prefetch), B the same A ordered
+    by popularity; the outer RRF weighs them ``plan.popularity_weights``."""
+    limit = plan.candidate_limit
+    matches = prefetches[0] if not plan.fused else models.Prefetch(
+        prefetch=prefetches, query=fusion, limit=limit, filter=flt,
+    )
+    popular = models.Prefetch(prefetch=[matches], query=_by_popularity(), limit=limit, filter=flt)
+    outer = models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k, weights=plan.popularity_weights))
+    fused = models.QueryRequest(
+        prefetch=[matches, popular], query=outer, limit=plan.result_limit, filter=flt,
+        with_payload=True,
+    )
+    ranking = models.QueryRequest(
+        prefetch=[matches], query=_by_popularity(), limit=limit, filter=flt
+    )
+    return fused, ranking
+
+
 def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[models.QueryRequest]:
-    """The fused request, then (if asked, several channels) each channel's own request."""
+    """The fused request, then (if asked, and the plan is not one plain nearest search)
+    each channel's own request, and the popularity ranking if the plan has one."""
     flt = client_filter(plan.filter)
     channels = [
         models.QueryRequest(
@@ -177,18 +208,19 @@ def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[models.QueryRequest]
         )
         for c in plan.channels
     ]
-    if not plan.fused:
+    if plan.plain:
         return [channels[0].model_copy(update={"limit": plan.result_limit, "with_payload": True})]
     fusion: models.Query = models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k, weights=plan.weights))
     if plan.fusion == "dbsf":
         fusion = models.FusionQuery(fusion=models.Fusion.DBSF)
+    prefetches = [
+        models.Prefetch(query=r.query, using=r.using, limit=r.limit, filter=flt, params=r.params)
+        for r in channels
+    ]
+    if plan.popularity:
+        fused, ranking = _popularity_fused(plan, flt, prefetches, fusion)
+        return [fused, *channels, ranking] if plan.with_channel_hits else [fused]
     fused = models.QueryRequest(
-        prefetch=[
-            models.Prefetch(
-                query=r.query, using=r.using, limit=r.limit, filter=flt, params=r.params
-            )
-            for r in channels
-        ],
-        query=fusion, limit=plan.limit, filter=flt, with_payload=True,
+        prefetch=prefetches, query=fusion, limit=plan.limit, filter=flt, with_payload=True,
     )
     return [fused, *channels] if plan.with_channel_hits else [fused]

@@ -236,7 +236,11 @@ class ServerStore(ServerCollection, VectorStore):
                 self._collection, requests=hybrid_requests(plan, self._hnsw_ef)
             )
         points = [(str(p.id), p.payload, p.score) for p in responses[0].points]
-        rankings = [[(str(p.id), p.score) for p in r.points] for r in responses[1:]]
+        # A nearest ranking scores by similarity, the popularity ranking by popularity.
+        rankings = [
+            [(str(p.id), p.score if p.order_value is None else p.order_value) for p in r.points]
+            for r in responses[1:]
+        ]
         return fused_hits(plan, points, rankings or None)
 
     def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:
