@@ -145,7 +145,7 @@ class ServiceSettings(BaseModel):
 
 
 class ProfileSettings(BaseModel):
-    """How interaction events become a user profile (see ``engine.profiles``)."""
+    """How interaction events become a user profile (see ``engine.recommend.profiles``)."""
 
     kinds: dict[str, float] = Field(
         default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 3.0,

@@ -4,7 +4,7 @@ Reads the user sequences (a log file, or the events recorded in the store),
 trains the SASRec-style model of :mod:`engine.behaviour.sequential` with each user's last
 item held out for early stopping (then, by default, once more on every item for
 the best epoch count), fits the co-occurrence embeddings of
-:mod:`engine.collaborative` on the whole sequences, writes every known item's
+:mod:`engine.behaviour.cooccurrence` on the whole sequences, writes every known item's
 ``behaviour`` and ``cooccurrence`` vectors into the store, and saves both
 where the engine loads them (``EngineConfig.behaviour_path()``). Run it while
 no service holds the data dir (the embedded store is locked by one process); a

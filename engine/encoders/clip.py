@@ -88,7 +88,7 @@ class OpenClipEncoder:
         """Embed images as ``(n, dim)`` float32 unit rows.
 
         Any PIL mode is accepted: transparency is flattened onto white first
-        (:func:`engine.images.to_rgb`), as catalog stamps are often RGBA or palette PNGs.
+        (:func:`engine.encoders.images.to_rgb`), as catalog stamps are often RGBA or palette PNGs.
         """
         if len(images) == 0:
             return empty_embeddings(self.dim)

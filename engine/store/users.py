@@ -11,8 +11,8 @@ as columns, ~25 µs as a string. Points written before 2026-11-30 hold the paylo
 keys directly; they are read as they are. Users are only fetched by
 id or listed, never searched, so neither backend builds HNSW for them.
 
-:class:`~engine.store.edge_users.EdgeUserStore` keeps them in a qdrant-edge shard
-of their own (``DATA_DIR/users``), :class:`~engine.store.server_users.ServerUserStore`
+:class:`~engine.store.edge.users.EdgeUserStore` keeps them in a qdrant-edge shard
+of their own (``DATA_DIR/users``), :class:`~engine.store.server.users.ServerUserStore`
 in a collection beside the items'. Both validate and convert through the
 functions here, so they accept and return the same things. Nothing here knows
 Qdrant types.

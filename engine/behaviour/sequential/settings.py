@@ -3,7 +3,7 @@
 One frozen dataclass, saved with every trained model, so a model folder says
 exactly how it was made and how to rebuild its network. The defaults are the
 best by validation NDCG@10 of the settings measured on MovieLens-100k
-(leave-one-out by time, full ranking); see :mod:`engine.sequential.train`.
+(leave-one-out by time, full ranking); see :mod:`engine.behaviour.sequential.train`.
 """
 
 from __future__ import annotations

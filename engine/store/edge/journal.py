@@ -1,4 +1,4 @@
-"""The users shard's own write-ahead log (see ``engine.store.edge_users`` for why)."""
+"""The users shard's own write-ahead log (see ``engine.store.edge.users`` for why)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Opening the shard of an EdgeStore data dir, and helpers every embedded store shares.
 
 The data dir's manifest names the current shard version and the schema it was
-indexed with (see ``edge_rebuild``). :func:`open_item_shard` loads that shard
+indexed with (see ``engine.store.edge.rebuild``). :func:`open_item_shard` loads that shard
 after checking the schema, or creates the first one with its payload indexes;
 :func:`load_shard`, :func:`backend_errors` and :func:`in_use` are shared with the
-users shard (``edge_users``) so both report a held shard or a failing engine
+users shard (``engine.store.edge.users``) so both report a held shard or a failing engine
 the same way.
 """
 

@@ -1,14 +1,14 @@
 """EdgeStore: the embedded store, a qdrant-edge shard inside the engine process.
 
 The data dir holds versioned shard directories and a manifest naming the
-current one (see ``edge_rebuild``). ``optimize()`` never blocks serving: it
+current one (see ``engine.store.edge.rebuild``). ``optimize()`` never blocks serving: it
 optimizes a copy of the shard in a child process, logs every write made
 meanwhile, replays them into the optimized copy and switches the manifest to it
 atomically. Until the switch the manifest names the old shard, so a crash
 mid-build loses nothing and the next open removes the unfinished copy. Every
 kind of write (upserts, deletes, vector updates, popularity) goes through
 ``_apply``, which logs it for a running build. Opening and creating the shard
-is in ``edge_shard``.
+is in ``engine.store.edge.shard``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ mapping, and a hybrid plan spelled as Query API requests.
 :class:`ServerCollection` (connect, check the collection, count, flush, close)
 and turn client errors into ``Unavailable`` with :func:`server_errors`.
 :func:`hybrid_requests` spells a :class:`~engine.store.hybrid.HybridPlan` in
-qdrant-client types, the way ``edge_query`` spells it in qdrant-edge types.
+qdrant-client types, the way ``engine.store.edge.query`` spells it in qdrant-edge types.
 """
 
 from __future__ import annotations
