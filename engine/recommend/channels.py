@@ -20,6 +20,7 @@ import numpy as np
 from engine.behaviour import BehaviourModel
 from engine.config import RecommendSettings
 from engine.domain import (
+    BEHAVIOUR_CHANNELS,
     CLIP,
     FUSED,
     LEXICAL,
@@ -73,9 +74,10 @@ class RecommendChannels:
             queries.update((name, vector) for name, vector in encoded.vectors.items()
                            if name in (TEXT, CLIP, LEXICAL))
         if examples.positives:
-            for name, model in self.models.items():
-                vector = model.encode([examples.positives])[0]
-                if np.any(vector):
+            for name in BEHAVIOUR_CHANNELS:  # SASRec's channel first, then co-occurrence's
+                model = self.models.get(name)
+                vector = model.encode([examples.positives])[0] if model is not None else None
+                if vector is not None and np.any(vector):
                     queries[name] = vector
         content = self._content(examples, request, strategy, context_fused)
         if content is not None:

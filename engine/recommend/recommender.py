@@ -24,6 +24,7 @@ from engine.behaviour import CooccurrenceModel
 from engine.config import RecommendSettings
 from engine.domain import (
     BEHAVIOUR_CHANNELS,
+    COOCCURRENCE,
     POPULARITY,
     STRATEGIES,
     ChannelQuery,
@@ -38,8 +39,10 @@ from engine.domain import (
 )
 from engine.recommend.channels import Examples, RecommendChannels
 from engine.recommend.diversity import mmr_order
+from engine.recommend.profiles import ProfileBook
 from engine.rerank.explain import Explainer
 from engine.rerank.stage import RerankStage, search_hits
+from engine.store import VectorStore
 
 _HISTORY_TITLES = 10
 """Recent history titles shown to the LLM."""
@@ -53,7 +56,16 @@ class Recommender:
                  settings: RecommendSettings) -> None:
         self.channels, self.rerank, self.explainer = channels, rerank, explainer
         self.settings = settings
-        self.profiles, self.store = channels.profiles, channels.store
+
+    @property
+    def store(self) -> VectorStore:
+        """The items store (the channels' own, so swapping it there rewires both)."""
+        return self.channels.store
+
+    @property
+    def profiles(self) -> ProfileBook:
+        """The user profiles the channels read."""
+        return self.channels.profiles
 
     def examples(self, request: RecommendRequest) -> Examples:
         """The user's history plus the explicit items (explicit ones count as newest)."""
@@ -184,9 +196,8 @@ class Recommender:
         if not history:
             return explanations
         ids = [i.hit.record.id for i in items]
-        cooccurrence = next((m for m in self.channels.models.values()
-                             if isinstance(m, CooccurrenceModel)), None)
-        if cooccurrence is not None:
+        cooccurrence = self.channels.models.get(COOCCURRENCE)
+        if isinstance(cooccurrence, CooccurrenceModel):
             vectors = cooccurrence.embeddings_of([*history, *ids])
             decay = cooccurrence.decay
         else:

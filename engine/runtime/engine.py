@@ -137,7 +137,7 @@ class Engine:
         self._store = store
         self.pipeline.retriever.store = store
         self.profiles.items = store
-        self.recommender.store = self.recommender.channels.store = store
+        self.recommender.channels.store = store
 
     @classmethod
     def from_config(cls, config: EngineConfig, *, store: VectorStore | None = None,
@@ -265,11 +265,7 @@ class Engine:
             chunk = dict(zip(ids[start:start + 512], vectors[start:start + 512], strict=True))
             updated += self.store.set_vectors(chunk, tenant=tenant, using=name)
         self.behaviour[name] = model
-        # SASRec's channel goes before co-occurrence's, as when both are loaded at start.
-        ordered = {n: self.behaviour[n] for n in BEHAVIOUR_CHANNELS if n in self.behaviour}
-        self.behaviour.clear()
-        self.behaviour.update(ordered)
-        self._derived = self._derived_vectors()
+        self._derived[name] = dict(zip(ids, vectors, strict=True))
         return updated
 
     # ------------------------------------------------------------------- info

@@ -36,13 +36,11 @@ STATUS_OF: dict[type[MmrecError], grpc.StatusCode] = {
 }
 
 
-ERROR_OF: dict[grpc.StatusCode, type[MmrecError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-}
-"""The inverse of STATUS_OF (FAILED_PRECONDITION comes back as the general class)."""
+ERROR_OF: dict[grpc.StatusCode, type[MmrecError]] = {}
+"""The inverse of STATUS_OF; a code several classes share comes back as the first listed
+(FAILED_PRECONDITION as FailedPrecondition)."""
+for _error, _code in STATUS_OF.items():
+    ERROR_OF.setdefault(_code, _error)
 
 
 def error_from_status(code: grpc.StatusCode, details: str) -> MmrecError:

@@ -109,10 +109,10 @@ def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[QueryRequest]:
         Prefetch(limit=limit, query=nearest, filter=flt, params=params)
         for nearest, limit, params in channels
     ]
-    own = [
+    own = [  # each channel's own ranking, only for explanations
         QueryRequest(limit=limit, query=nearest, filter=flt, params=params)
         for nearest, limit, params in channels
-    ]
+    ] if plan.with_channel_hits else []
     if plan.popularity:
         fused, ranking = _popularity_fused(plan, flt, prefetches, fusion)
         return [fused, *own, ranking] if plan.with_channel_hits else [fused]
@@ -124,4 +124,4 @@ def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[QueryRequest]:
         filter=flt,
         with_payload=True,
     )
-    return [fused, *own] if plan.with_channel_hits else [fused]
+    return [fused, *own]

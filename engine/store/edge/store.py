@@ -74,7 +74,7 @@ from engine.store.edge.shard import (
     write_manifest,
 )
 from engine.store.filters import plan_filter, with_condition
-from engine.store.hybrid import fused_hits, plan_hybrid
+from engine.store.hybrid import HybridPlan, fused_hits, plan_hybrid
 
 if TYPE_CHECKING:
     # Only in qdrant-edge's stub: the point id of its List[PointId] parameters. A list[str]
@@ -163,10 +163,10 @@ class EdgeStore(VectorStore):
 
     def hybrid_search(self, query: HybridQuery) -> list[FusedHit]:
         """One Query API request: a prefetch per channel, fused (see ``VectorStore``)."""
-        plan = plan_hybrid(self.schema, query)
-        if plan is None:
+        planned = self._planned(query)
+        if planned is None:
             return []
-        batch = QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef))
+        plan, batch = planned
         with self._reading() as shard, backend_errors("search"):
             results = shard.query_batch(batch)
         points = [(str(p.id), p.payload, p.score) for p in results[0]]
@@ -183,14 +183,20 @@ class EdgeStore(VectorStore):
         For benchmarks that set the service against its raw parts: the plan and the
         request are built before the clock starts, and the answer is not converted.
         """
-        plan = plan_hybrid(self.schema, query)
-        if plan is None:
+        planned = self._planned(query)
+        if planned is None:
             return 0.0
-        batch = QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef))
         with self._reading() as shard, backend_errors("search"):
             started = time.perf_counter()
-            shard.query_batch(batch)
+            shard.query_batch(planned[1])
             return time.perf_counter() - started
+
+    def _planned(self, query: HybridQuery) -> tuple[HybridPlan, QueryBatchRequest] | None:
+        """The validated plan of ``query`` and its one qdrant-edge batch (None: nothing to ask)."""
+        plan = plan_hybrid(self.schema, query)
+        if plan is None:
+            return None
+        return plan, QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef))
 
     def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:
         """The records that exist, in the order asked, each once."""
