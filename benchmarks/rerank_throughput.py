@@ -24,11 +24,13 @@ import matplotlib.pyplot as plt
 
 from benchmarks.report import RESULTS, markdown_table, write
 from engine.config import EngineConfig
+from engine.domain import ModelUnavailable
 from engine.encoders import resolve_device
 from engine.rerank import LlmReranker, RerankerSpec, default_cache_dir
+from engine.rerank.registry import resolve_model
 from indexers.datasets import DATASETS, movielens_dir, movielens_items, stamps_dir, tuxpaint_items
 
-GGUF = Path(EngineConfig().rerank.model)
+BENCH = Path(".mmrec/bench")
 QUERIES = ["space adventure", "a cute animal", "romantic comedy", "red vehicle",
            "musical instrument", "scary horror film", "something to eat", "a sunny day",
            "war movie", "winter holiday"]
@@ -49,11 +51,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    if not GGUF.is_file():
-        raise SystemExit(f"{GGUF} missing: run `make models` first")
+    settings = EngineConfig().rerank
+    try:  # the configured model: a packaged one's file in the per-user cache (`make models`)
+        gguf = resolve_model(settings.model, data_dir=BENCH, models_dir=settings.models_path())
+    except ModelUnavailable as error:
+        raise SystemExit(str(error)) from error
     device = resolve_device(args.device)
-    cache = default_cache_dir(Path(".mmrec/bench"), str(GGUF))
-    spec = RerankerSpec(model=str(GGUF), cache_dir=cache, device=device,
+    cache = default_cache_dir(BENCH, gguf)
+    spec = RerankerSpec(model=gguf, cache_dir=cache, device=device,
                         batch_size=args.batch_size)
     started = time.perf_counter()
     reranker = LlmReranker.from_spec(spec)

@@ -29,8 +29,9 @@ import numpy as np
 from benchmarks.report import RESULTS, markdown_table, write
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.domain import HybridQuery, ItemRecord, SearchRequest, StoredItem
+from engine.domain import HybridQuery, ItemRecord, ModelUnavailable, SearchRequest, StoredItem
 from engine.rerank import default_cache_dir
+from engine.rerank.registry import resolve_model
 from engine.runtime.engine import Engine
 from engine.service import start_server
 from engine.store import EdgeStore
@@ -94,7 +95,11 @@ def percentiles(values: list[float]) -> tuple[float, float]:
 
 
 def measure(size: int, queries: int, rerank_queries: int) -> dict[str, Any]:
-    gguf = EngineConfig().rerank.model
+    settings = EngineConfig().rerank
+    try:  # a packaged model's file (per-user cache); its converted copy is shared under WORK
+        gguf = resolve_model(settings.model, data_dir=WORK, models_dir=settings.models_path())
+    except ModelUnavailable:
+        gguf = settings.model  # the engine reports the LLM off, with the reason
     llm_cache = default_cache_dir(WORK, gguf)
     config = EngineConfig.load(
         clip={"enabled": False}, store={"data_dir": WORK / f"latency-{size}"},

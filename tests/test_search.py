@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,8 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from engine.rerank import RerankScores
+from engine.domain import ItemRecord
+from engine.rerank import Blend, RerankQuery, RerankScores
 from engine.runtime.engine import Engine
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -141,11 +142,14 @@ def test_reason_is_generated_within_budget(films: pb_grpc.RecommenderStub) -> No
 class FakeSlowReranker:
     """A fake that takes 0.2 s per candidate: injects the one fault real parts lack, slowness."""
 
+    name = "fake slow"
+    blend = Blend(1.0)  # the LLM's order alone, so the reversal is visible
+
     def __init__(self) -> None:
         self.calls = 0
 
-    def score(self, query: str, candidates: list[str], *, deadline: float | None = None
-              ) -> RerankScores:
+    def score(self, query: RerankQuery, candidates: Sequence[ItemRecord], *,
+              deadline: float | None = None) -> RerankScores:
         scores: list[float | None] = []
         for i, _ in enumerate(candidates):
             if deadline is not None and time.monotonic() + 0.2 > deadline:
@@ -159,7 +163,7 @@ class FakeSlowReranker:
 
 def test_budget_expiry_keeps_fused_order_for_the_rest(llm_engine: Engine,
                                                       films: pb_grpc.RecommenderStub) -> None:
-    llm_engine.pipeline.rerank.reranker = FakeSlowReranker()  # type: ignore[assignment]
+    llm_engine.pipeline.rerank.reranker = FakeSlowReranker()
     fused = ids(films.Search(pb.SearchRequest(text="film", top_k=5, rerank=False), timeout=30))
     started = time.perf_counter()
     reply = films.Search(pb.SearchRequest(text="film", top_k=5, rerank=True,

@@ -81,7 +81,8 @@ def test_image_search_finds_image_item_first(filled: pb_grpc.RecommenderStub) ->
     reply = filled.Search(pb.SearchRequest(image=png_bytes(7), top_k=2, explain=True), timeout=30)
     assert reply.results[0].id == "photo"
     assert reply.results[0].explanation.channels["clip"].score == pytest.approx(1.0, abs=1e-4)
-    assert list(reply.channels) == ["fused", "clip"]
+    # An image query fills the fused vector with its CLIP part alone: searched once, as clip.
+    assert list(reply.channels) == ["clip", "fused (folded into clip)"]
 
 
 def test_default_top_k_and_tenants(filled: pb_grpc.RecommenderStub) -> None:
@@ -231,7 +232,8 @@ def test_without_clip_weights(server_without_clip: ServerThread) -> None:
         report = client.upsert_items([(pb_item_record("doc", "A wooden chair"), png_bytes(3))])
         assert report.upserted == 1
         reply = client.search(text="A wooden chair", top_k=1)
-        assert reply.channels == ["fused", "text", "lexical"]
+        # Without CLIP the fused query vector is the text one: searched once, as text.
+        assert reply.channels == ["text", "lexical", "fused (folded into text)"]
         assert reply.hits[0].record.id == "doc"
         with pytest.raises(FailedPrecondition) as err:
             client.search(image=png_bytes(3))

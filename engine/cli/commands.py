@@ -75,7 +75,7 @@ def train_seq(
         "(twice the time; the model learns each user's latest step).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train the behavioural channel (SASRec) and store every item's behaviour vector."""
+    """Train the behaviour channels, choose the recommend fusion on validation, store vectors."""
     from dataclasses import replace
 
     from engine.behaviour.sequential import SequentialSettings
@@ -100,6 +100,60 @@ def train_seq(
         f"{summary.items_in_model:,} items got behaviour vectors; model saved to "
         f"{summary.model_path}" + (f"; {summary.skipped_rows} rows skipped"
                                    if summary.skipped_rows else ""))
+    if summary.fusion is not None:
+        console.print(f"fusion chosen on validation: {summary.fusion.summary()}",
+                      highlight=False, markup=False)
+    else:
+        console.print(f"fusion not tuned ({summary.fusion_note}): the recommend section's "
+                      f"settings apply", highlight=False, markup=False)
+
+
+@app.command("train-rerank")
+def train_rerank(
+    log: Annotated[Path | None, typer.Argument(
+        help="Interaction log (as for train-seq). Default: the events recorded in the store.",
+        exists=True, dir_okay=False)] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    tenant: Annotated[str, typer.Option(help="Tenant whose items and events are used.")] = "",
+    steps: Annotated[int | None, typer.Option(
+        min=1, help="Most training steps (one example each). Default: the library's.")] = None,
+    shadow_epochs: Annotated[int | None, typer.Option(
+        min=0, help="SASRec epochs of the shadow first stage (0: none; default: the served "
+        "model's epoch count).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the listwise LLM re-ranker on the interactions (run after train-seq)."""
+    from dataclasses import replace
+
+    from engine.domain import DEFAULT_TENANT
+    from engine.rerank.training import TrainSettings
+    from indexers.rerank import train_reranker
+
+    cfg = _config(config, data_dir)
+    quiet_model_loading()
+    settings = TrainSettings(seed=seed)
+    if steps is not None:
+        settings = replace(settings, max_examples=steps)
+    try:
+        summary = train_reranker(cfg, log, tenant=tenant or DEFAULT_TENANT, settings=settings,
+                                 shadow_epochs=shadow_epochs, progress=progress)
+    except MmrecError as exc:
+        _fail(exc)
+    a = summary.artifact
+    v, t = a.validation, a.training
+    weight = (f"{a.blend.weight:g}" if a.blend.weight else
+              "0: the LLM did not beat the first stage on validation, so Recommend keeps the "
+              "first stage's order")
+    console.print(
+        f"trained on {summary.train_examples:,} cut points of {summary.users:,} users from "
+        f"{summary.source} in {t['seconds']:.0f} s ({t['steps']} steps, "
+        f"{t['examples_per_second']:.2f} examples/s); validation NDCG@10 on "
+        f"{summary.valid_examples:,} users: first stage {v['first_stage']:.4f}, LLM alone "
+        f"{v['llm']:.4f}, blended {v['blended']:.4f} (x{v['gain']:.3f}); blend weight {weight}; "
+        f"position bias: top-1 agreement {t['position_bias']['top1_agreement']:.2f} between a "
+        f"list and its reverse; saved to {summary.path}")
 
 
 @app.command()

@@ -43,7 +43,8 @@ def print_results(out: Console, label: str, result: SearchResult | RecommendResu
 
 
 def why(e: Explanation) -> str:
-    """One explanation in a line: per-channel ranks, fused and LLM standing, matched words."""
+    """One explanation in a line: per-channel ranks, fused and LLM standing, matched words,
+    the history items behind it by title and id, and the reason with who wrote it."""
     parts = [f"{name} #{c.rank} ({c.score:.2f})" for name, c in e.channels.items()]
     parts.append(f"hybrid #{e.fused_rank}")
     if e.rerank_score is not None:
@@ -51,9 +52,21 @@ def why(e: Explanation) -> str:
     if e.matched_terms:
         parts.append("words: " + ", ".join(e.matched_terms))
     if e.because_of:
-        parts.append("because of: " + ", ".join(e.because_of))
+        titles = [*e.because_of_titles, *[""] * (len(e.because_of) - len(e.because_of_titles))]
+        parts.append("because of: " + ", ".join(
+            f"{title} ({item})" if title else item
+            for item, title in zip(e.because_of, titles, strict=False)))
+    if e.shared_attributes:
+        parts.append("shares: " + ", ".join(e.shared_attributes))
     text = "; ".join(parts)
-    return f"{text}. {e.reason}" if e.reason else text
+    if not e.reason:
+        return text
+    source = {"llm": " [LLM]", "facts": " [facts]"}.get(e.reason_source, "")
+    if e.reason_rejected == "no_time":
+        source = " [facts; no time left for the LLM]"
+    elif e.reason_rejected:
+        source = f" [facts; the LLM's sentence was rejected: {e.reason_rejected}]"
+    return f"{text}. {e.reason}{source}"
 
 
 def print_info(out: Console, details: EngineInfo) -> None:
@@ -63,6 +76,8 @@ def print_info(out: Console, details: EngineInfo) -> None:
     for model in details.models:
         state = "[green]loaded[/]" if model.loaded else f"[yellow]off[/] ({model.reason})"
         out.print(f"  model {model.role}: {model.name}: {state}")
+        for key, value in sorted(model.details.items()):
+            out.print(f"    {key}: {value}", highlight=False, markup=False)
     for channel in details.channels:
         state = "on" if channel.enabled else "off"
         size = f"{channel.dim}-d" if channel.dim else "sparse"

@@ -3,8 +3,8 @@
 A store answers with :class:`FusedHit` (the item, its fused score and, when
 asked, its standing in each channel). The re-rank stage turns them into
 :class:`RankedItem` (final place, fused place, LLM score) and, when asked,
-:class:`Explanation`. Callers receive a :class:`SearchResult` or a
-:class:`RecommendResult`.
+:class:`Explanation`, whose sentence is made from :class:`ReasonFacts`. Callers
+receive a :class:`SearchResult` or a :class:`RecommendResult`.
 """
 
 from __future__ import annotations
@@ -50,6 +50,32 @@ class RankedItem:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasonFacts:
+    """All a "why you'll like it" sentence may say about one result.
+
+    Built by the explainer from what the stages recorded: the item, the history
+    items the recommender attributed it to, the attributes they share, the words
+    it matched. The LLM is shown these facts and nothing else, and its sentence is
+    checked against them; the plain sentence is made of them alone.
+    """
+
+    title: str
+    """The result's title (the start of its text when it has none)."""
+    attributes: list[str] = field(default_factory=list)
+    """Its descriptive attribute values, e.g. a film's year and genres."""
+    liked: list[str] = field(default_factory=list)
+    """Titles of the history items behind it, most influential first (recommend)."""
+    shared: list[str] = field(default_factory=list)
+    """Attribute values it shares with those history items."""
+    query: str = ""
+    """The search text, or the recommendation's context."""
+    matched_terms: list[str] = field(default_factory=list)
+    """Query words its text contains."""
+    channels: list[str] = field(default_factory=list)
+    """The channels that found it (those recorded with the hit)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Explanation:
     """Everything known about one result's place in the ranking."""
 
@@ -60,8 +86,19 @@ class Explanation:
     rerank_score: float | None = None
     matched_terms: list[str] = field(default_factory=list)
     reason: str = ""
+    """One sentence saying why: the LLM's when it passed the checks, else built from the facts."""
     because_of: list[str] = field(default_factory=list)
     """Recommendations: the history items closest to this result, most influential first."""
+    because_of_titles: list[str] = field(default_factory=list)
+    """The titles of ``because_of``, in the same order ("" for an item the store lacks)."""
+    shared_attributes: list[str] = field(default_factory=list)
+    """Attribute values (genres, category) this result shares with ``because_of``."""
+    reason_source: str = ""
+    """Who wrote ``reason``: ``"llm"``, ``"facts"`` (the plain sentence), or "" for none."""
+    reason_rejected: str = ""
+    """Why the LLM's sentence was replaced by the plain one (``engine.rerank.faithfulness``
+    names the rules: ``unknown_title``, ``repetitive``, ``too_long``, ``empty``, ``no_time``);
+    "" when it was kept or not asked for."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,17 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
-    """Whether a model is loaded, under which name, and why not when it is not."""
+    """Whether a model is loaded, under which name, and why not when it is not.
+
+    ``details`` holds what else a person may want to know, as text (the tuned
+    fusion: the settings chosen and the validation NDCG of each channel).
+    """
 
     role: str
     name: str
     loaded: bool
     reason: str = ""
+    details: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,22 @@ class Vectoriser:
             raise InvalidInput("a search needs text, an image, or both")
         return EncodedQuery(self._vectors([text], [image], query=True)[0])
 
+    def duplicates(self, query: EncodedQuery) -> dict[str, str]:
+        """Channels of ``query`` that repeat another one: ``{"fused": part}`` or nothing.
+
+        A fused query vector made of one content part alone (CLIP off, a part's
+        weight of 0 in the fused vector, an image-only query) is that part in its
+        block and zeros elsewhere: its cosine to an item is the part's cosine times
+        a factor that depends only on which parts the item has, so it ranks like
+        the part (exactly, when every item has the same parts). Searching both would
+        count one signal twice; the part's own vector is the clean copy to keep.
+        """
+        if FUSED not in query.vectors:
+            return {}
+        parts = [name for name in self.fuser.dims
+                 if name in query.vectors and self.fuser.weights.get(name, 1.0) > 0]
+        return {FUSED: parts[0]} if len(parts) == 1 else {}
+
     def _vectors(self, texts: list[str], images: Sequence[Image.Image | None], *,
                  query: bool) -> list[Vectors]:
         """The shared path: content channels -> CLIP mix -> fused -> lexical, row by row."""

@@ -11,7 +11,7 @@ matches with those same matches ranked by popularity
 LLM given the recent history's titles (LlamaRec's idea), under the same budget
 rules as search (:class:`engine.rerank.stage.RerankStage`), and the final list
 may be diversified by maximal marginal relevance. Explanations name the history
-items behind each result.
+items behind each result, by id and title, and say why in one sentence.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from engine.domain import (
     HybridQuery,
     InvalidInput,
     ItemFilter,
+    ItemRecord,
     RankedItem,
     RecommendRequest,
     RecommendResult,
@@ -41,11 +42,11 @@ from engine.recommend.channels import Examples, RecommendChannels
 from engine.recommend.diversity import mmr_order
 from engine.recommend.profiles import ProfileBook
 from engine.rerank.explain import Explainer
-from engine.rerank.stage import RerankStage, search_hits
+from engine.rerank.stage import RerankQuery, RerankStage, search_hits
 from engine.store import VectorStore
 
-_HISTORY_TITLES = 10
-"""Recent history titles shown to the LLM."""
+_HISTORY_ITEMS = 20
+"""Recent history items handed to the re-ranker (its prompt shows what fits its budget)."""
 _BECAUSE_OF = 3
 
 
@@ -110,8 +111,8 @@ class Recommender:
                 names += [POPULARITY] if filled else []
         else:
             hits, names = self._popular(request, item_filter, limit)
-        prompt = self._history_prompt(examples, request) if rerank else ""
-        ranked = self.rerank.apply(hits, prompt, request, rerank=rerank)
+        query = self._rerank_query(examples, request) if rerank else RerankQuery()
+        ranked = self.rerank.apply(hits, query, request, rerank=rerank)
         items = ranked.items
         if request.diversity is not None and len(items) > 1:
             items = self._diversify(items, request)
@@ -141,13 +142,16 @@ class Recommender:
         ``max(limit, candidates)``) and those same matches ranked by popularity, fused by
         RRF; popular items that do not match the context never come in.
         """
-        if not request.context:
+        channels = []
+        if request.context:  # its channels that are on (a weight of 0 switches one off)
+            encoded = self.channels.vectoriser.query(request.context, None)
+            weights = self.channels.weights(request)
+            channels = [ChannelQuery(name, vector, self.settings.candidates, weight)
+                        for name, vector in encoded.vectors.items()
+                        if (weight := weights.get(name, 1.0)) > 0]
+        if not channels:
             popular = self.store.popular(tenant=request.tenant, filter=item_filter, limit=limit)
             return [FusedHit(h.record, h.score) for h in popular], [POPULARITY]
-        encoded = self.channels.vectoriser.query(request.context, None)
-        weights = self.channels.weights(request)
-        channels = [ChannelQuery(name, vector, self.settings.candidates, weights.get(name, 1.0))
-                    for name, vector in encoded.vectors.items()]
         hits = self.store.hybrid_search(HybridQuery(
             channels=channels, limit=limit, tenant=request.tenant, filter=item_filter,
             rrf_k=self.settings.rrf_k, with_channel_hits=request.explain,
@@ -163,15 +167,12 @@ class Recommender:
             filter=replace(item_filter, exclude_ids=(*item_filter.exclude_ids, *have)))
         return hits + [FusedHit(h.record, 0.0) for h in more], bool(more)
 
-    def _history_prompt(self, examples: Examples, request: RecommendRequest) -> str:
-        """What the LLM conditions on: the latest liked titles and the context."""
-        recent = examples.positives[-_HISTORY_TITLES:]
-        records = self.store.get(recent, tenant=request.tenant)
-        titles = "; ".join(r.title or r.document_text[:80] for r in records)
-        prompt = f"more like what I enjoyed recently: {titles}" if titles else ""
-        if request.context:
-            prompt = f"{request.context}, {prompt}" if prompt else request.context
-        return prompt
+    def _rerank_query(self, examples: Examples, request: RecommendRequest) -> RerankQuery:
+        """What the LLM conditions on: the latest liked items (oldest first) and the context."""
+        recent = examples.positives[-_HISTORY_ITEMS:]
+        found = {r.id: r for r in self.store.get(recent, tenant=request.tenant)}
+        return RerankQuery(text=request.context,
+                           history=[found[i] for i in recent if i in found])
 
     def _diversify(self, items: list[RankedItem], request: RecommendRequest) -> list[RankedItem]:
         """MMR over the final candidates on the content vector (items without one keep place)."""
@@ -184,17 +185,30 @@ class Recommender:
 
     def _explain(self, items: list[RankedItem], examples: Examples, request: RecommendRequest,
                  deadline: float) -> list[Explanation]:
-        """Channel standings, LLM score, and the history items behind each result.
+        """Channel standings, LLM score, the history items behind each result, and a reason.
+
+        The history items are named by id and title (one batched store read); the
+        reason is built from them, the attributes they share with the result and
+        the context words it matched (:mod:`engine.rerank.facts`).
+        """
+        behind = self._because_of(items, examples, request)
+        history = self._history_records(behind, request)
+        return self.explainer.explain(request.context, items,
+                                      with_reason=_wants_reason(request),
+                                      deadline=deadline, history=history)
+
+    def _because_of(self, items: list[RankedItem], examples: Examples,
+                    request: RecommendRequest) -> list[list[str]]:
+        """Per result, the ids of the history items behind it, most influential first.
 
         With the co-occurrence channel the attribution is exact: its score is
         ``sum_p w_p e_p . e_j``, so history item ``p`` contributed ``w_p e_p . e_j``.
         Without it, the history items closest on the content vector (recency-weighted).
         """
-        explanations = self.explainer.explain(request.context, items, with_reason=False,
-                                              deadline=deadline)
         history = examples.positives[-self.profiles.settings.recent:]
+        none: list[list[str]] = [[] for _ in items]
         if not history:
-            return explanations
+            return none
         ids = [i.hit.record.id for i in items]
         cooccurrence = self.channels.models.get(COOCCURRENCE)
         if isinstance(cooccurrence, CooccurrenceModel):
@@ -206,15 +220,36 @@ class Recommender:
             decay = self.profiles.weights.decay(0, 0)
         past = [h for h in history if h in vectors]
         if not past:
-            return explanations
+            return none
         past_vectors = np.stack([vectors[h] for h in past])
         recency = decay ** np.arange(len(past) - 1, -1, -1)
-        out = []
-        for item_id, explanation in zip(ids, explanations, strict=True):
+        out: list[list[str]] = []
+        for item_id in ids:
             if item_id not in vectors:
-                out.append(explanation)
+                out.append([])
                 continue
             influence = (past_vectors @ vectors[item_id]) * recency
-            best = [past[j] for j in np.argsort(-influence)[:_BECAUSE_OF] if influence[j] > 0]
-            out.append(replace(explanation, because_of=best))
+            out.append([past[j] for j in np.argsort(-influence)[:_BECAUSE_OF]
+                        if influence[j] > 0])
         return out
+
+    def _history_records(self, behind: list[list[str]], request: RecommendRequest
+                         ) -> list[list[ItemRecord]]:
+        """The records of the history items behind each result, from one store read.
+
+        An item the store no longer holds keeps its id, with no title.
+        """
+        wanted = list(dict.fromkeys(i for ids in behind for i in ids))
+        found = ({r.id: r for r in self.store.get(wanted, tenant=request.tenant)}
+                 if wanted else {})
+        return [[found.get(i) or ItemRecord(id=i, tenant=request.tenant) for i in ids]
+                for ids in behind]
+
+
+def _wants_reason(request: RecommendRequest) -> bool:
+    """Whether the LLM should write the reasons: the request's ``explain_reason``.
+
+    Read with a default so this works before and after ``RecommendRequest`` carries
+    the field (it is added with the Recommend RPC's ``explain_reason``).
+    """
+    return bool(getattr(request, "explain_reason", False))

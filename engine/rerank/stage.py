@@ -5,6 +5,13 @@ of the list, and keep every candidate the LLM did not reach in fused order. The
 budget (the request's, else the configured one) never passes the call's gRPC
 deadline: re-ranking is cut short rather than running late, and the result says
 how many candidates were re-ranked.
+
+The re-scored head is ordered by a *blend* of the two rankings, never by the
+LLM alone: ``(1 - w) / (k + fused rank) + w / (k + LLM rank)``. The weight
+``w`` comes with the re-ranker (chosen on validation data: a trained
+re-ranker stores it, the zero-shot scorer reads it from the config), so an LLM
+that measured no better than the first stage gets ``w = 0`` and returns the
+fused order exactly.
 """
 
 from __future__ import annotations
@@ -15,10 +22,38 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.config import RerankSettings
-from engine.domain import FailedPrecondition, FusedHit, RankedItem, SearchHit
+from engine.domain import FailedPrecondition, FusedHit, ItemRecord, RankedItem, SearchHit
 
 DEADLINE_MARGIN = 0.05
 """Seconds kept back from the gRPC deadline to build and send the response."""
+BLEND_K = 10
+"""RRF's k in the blend of fused and LLM ranks (small: the head holds about 20 items)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Blend:
+    """How the LLM's ranking mixes with the fused one (see the module docstring)."""
+
+    weight: float = 1.0
+    """0 keeps the fused order, 1 the LLM's."""
+    k: int = BLEND_K
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0 or self.k < 1:
+            raise ValueError("blend weight must be in [0, 1] and k >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class RerankQuery:
+    """What the LLM conditions on: the search text, and for recommend the recent history."""
+
+    text: str = ""
+    """The search query, or a recommendation's context text."""
+    history: Sequence[ItemRecord] = ()
+    """Recommend: the user's recent positive items, oldest first."""
+
+    def __bool__(self) -> bool:
+        return bool(self.text or self.history)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +69,18 @@ class RerankScores:
 
 
 class Reranker(Protocol):
-    """What the stage needs from an LLM re-ranker (``engine.rerank.LlmReranker``)."""
+    """What the stage needs from an LLM re-ranker (zero-shot or trained listwise)."""
 
     @property
     def name(self) -> str:
         """The model's name, for `mmrec info`."""
 
-    def score(self, query: str, candidates: Sequence[str], *, deadline: float | None = None
-              ) -> RerankScores:
+    @property
+    def blend(self) -> Blend:
+        """How its ranking mixes with the fused one."""
+
+    def score(self, query: RerankQuery, candidates: Sequence[ItemRecord], *,
+              deadline: float | None = None) -> RerankScores:
         """LLM relevance of each candidate; None for those not reached before ``deadline``."""
 
 
@@ -82,24 +121,38 @@ def deadline_for(request: Budgeted, default_budget_ms: int) -> float:
     return deadline
 
 
-def merge_order(scores: Sequence[float | None]) -> list[int]:
-    """Input indices in final order: scored ones sorted within their slots, unscored stay put."""
+def merge_order(scores: Sequence[float | None], blend: Blend | None = None) -> list[int]:
+    """Input indices in final order: scored ones re-ordered within their slots, unscored stay.
+
+    Scored candidates are sorted by the blend of their input (fused) rank and
+    their LLM rank; ``blend`` None is the LLM's order alone. Ties keep input order.
+    """
+    blend = blend or Blend()
     slots = [i for i, value in enumerate(scores) if value is not None]
-    ranked = sorted(slots, key=lambda i: -(scores[i] or 0.0))  # stable: ties keep fused order
+    by_llm = sorted(slots, key=lambda i: -(scores[i] or 0.0))  # stable: ties keep fused order
+    llm_rank = {index: rank for rank, index in enumerate(by_llm, start=1)}
+    fused_rank = {index: rank for rank, index in enumerate(slots, start=1)}
+    w, k = blend.weight, blend.k
+
+    def blended(i: int) -> float:
+        return (1.0 - w) / (k + fused_rank[i]) + w / (k + llm_rank[i])
+
+    ranked = sorted(slots, key=lambda i: -blended(i))  # stable: ties keep fused order
     order = list(range(len(scores)))
     for slot, index in zip(slots, ranked, strict=True):
         order[slot] = index
     return order
 
 
-def rerank_order(hits: list[FusedHit], scores: list[float | None]) -> list[RankedItem]:
+def rerank_order(hits: list[FusedHit], scores: list[float | None],
+                 blend: Blend | None = None) -> list[RankedItem]:
     """Hits in final order under :func:`merge_order`.
 
     ``scores`` covers the first ``len(scores)`` hits (the re-ranked head); scored
-    hits are sorted by LLM score within their slots, the rest keep fused order.
+    hits are ordered by the blend within their slots, the rest keep fused order.
     """
     full = list(scores) + [None] * (len(hits) - len(scores))
-    return [RankedItem(hits[i], i + 1, full[i]) for i in merge_order(full)]
+    return [RankedItem(hits[i], i + 1, full[i]) for i in merge_order(full, blend)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +201,7 @@ class RerankStage:
         """How many candidates to retrieve: the caller's top k, or the re-ranked head if larger."""
         return max(request.top_k, self.head_size(request) if rerank else 0)
 
-    def apply(self, hits: list[FusedHit], query: str, request: RerankRequest, *,
+    def apply(self, hits: list[FusedHit], query: RerankQuery, request: RerankRequest, *,
               rerank: bool) -> Reranked:
         """``hits`` in final order: the head re-scored by the LLM when ``rerank``, within budget."""
         deadline = deadline_for(request, self.settings.budget_ms)
@@ -156,7 +209,6 @@ class RerankStage:
             items = [RankedItem(hit, rank) for rank, hit in enumerate(hits, start=1)]
             return Reranked(items, 0, False, deadline)
         head = hits[:self.head_size(request)]
-        scores = self.reranker.score(query, [h.record.document_text for h in head],
-                                     deadline=deadline)
-        return Reranked(rerank_order(hits, scores.scores), scores.scored,
+        scores = self.reranker.score(query, [h.record for h in head], deadline=deadline)
+        return Reranked(rerank_order(hits, scores.scores, self.reranker.blend), scores.scored,
                         scores.scored < len(head), deadline)

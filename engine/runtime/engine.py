@@ -48,16 +48,19 @@ from engine.encoders import (
 from engine.encoders.fusion import VectorFuser
 from engine.encoders.vectoriser import Vectoriser
 from engine.recommend import ProfileBook, RecommendChannels, Recommender, RecordOutcome
+from engine.recommend.tuning import TunedFusion
 from engine.rerank.explain import Explainer
-from engine.rerank.stage import RerankStage
+from engine.rerank.stage import Reranker, RerankStage
 from engine.runtime.models import (
     Models,
     load_clip,
     load_cooccurrence,
+    load_fusion,
     load_llm_reranker,
     load_sequential,
     reason_writer,
 )
+from engine.runtime.rerankers import load_trained_reranker, zero_shot
 from engine.search import HybridRetriever, SearchPipeline
 from engine.store import UserStore, VectorSchema, VectorStore, open_store, open_user_store
 
@@ -68,7 +71,9 @@ class Engine:
     """Encodes items and queries, stores items, and answers searches through the pipeline."""
 
     def __init__(self, config: EngineConfig, models: Models, *, store: VectorStore | None = None,
-                 users: UserStore | None = None, device: str = "cpu") -> None:
+                 users: UserStore | None = None, device: str = "cpu",
+                 fusion: TunedFusion | None = None, fusion_status: ModelStatus | None = None
+                 ) -> None:
         self.config = config
         self.device = device
         self.models = models
@@ -80,8 +85,10 @@ class Engine:
         weights = {CLIP: config.channels.clip, TEXT: config.channels.text}
         self.fuser = VectorFuser(dims, {k: weights[k] for k in dims})
         sparse = (LEXICAL,) if models.lexical is not None else ()
+        analysers = {LEXICAL: models.lexical.analyser} if models.lexical is not None else {}
         self.schema = VectorSchema(dense={FUSED: self.fuser.dim, **dims,
-                                          **behaviour_dims(config)}, sparse=sparse)
+                                          **behaviour_dims(config)}, sparse=sparse,
+                                   analysers=analysers)
         self.behaviour: dict[str, BehaviourModel] = {}
         """Loaded behaviour models by the named vector they fill (SASRec, then co-occurrence)."""
         for name, model in ((BEHAVIOUR, models.sequential), (COOCCURRENCE, models.cooccurrence)):
@@ -97,16 +104,32 @@ class Engine:
             image_weight=config.clip.image_weight,
             clip_off_reason=self.clip_status.reason or "CLIP is disabled")
         off = models.reranker_status.reason if models.reranker_status else "re-ranking is off"
-        rerank = RerankStage(models.reranker, off, config.rerank)
+        rerank = RerankStage(zero_shot(models.reranker, config.rerank.search_blend_weight), off,
+                             config.rerank)
         explainer = Explainer(models.lexical, reason_writer(models.reranker))
         self.pipeline = SearchPipeline(self.vectoriser,
                                        HybridRetriever(self._store, config.retrieval),
                                        rerank, explainer)
         self.profiles = ProfileBook(self.users, self._store, config.profiles,
                                     content_vector=config.recommend.content_vector)
+        self.fusion, self.fusion_status = fusion, fusion_status
+        self.recommend_settings = fusion.apply(config.recommend) if fusion else config.recommend
+        """The recommend section with the tuned fusion over it (a request's own still win)."""
         channels = RecommendChannels(self.profiles, self._store, self.vectoriser, self.behaviour,
-                                     config.recommend)
-        self.recommender = Recommender(channels, rerank, explainer, config.recommend)
+                                     self.recommend_settings)
+        self.recommender = Recommender(
+            channels, RerankStage(zero_shot(models.reranker,
+                                            config.rerank.zero_shot_recommend_weight),
+                                  off, config.rerank),
+            explainer, self.recommend_settings)
+        self.trained_reranker_status: ModelStatus | None = None
+
+    def use_reranker(self, reranker: Reranker | None, status: ModelStatus) -> None:
+        """Recommend with a trained re-ranker (None keeps the zero-shot one); info shows it."""
+        if reranker is not None:
+            stage = self.recommender.rerank
+            self.recommender.rerank = RerankStage(reranker, stage.off_reason, stage.settings)
+        self.trained_reranker_status = status
 
     def _check_dim(self, name: str, model: BehaviourModel) -> None:
         """A loaded behaviour model must fill its named vector exactly."""
@@ -164,9 +187,14 @@ class Engine:
                                      else (None, None))
         sequential, sequential_status = load_sequential(config, device)
         cooccurrence = load_cooccurrence(config)
+        fusion, fusion_status = load_fusion(config)
         models = Models(text_encoder, clip_encoder, clip_status, clip_dim, lexical, reranker,
                         reranker_status, sequential, sequential_status, cooccurrence)
-        return cls(config, models, store=store, device=device)
+        engine = cls(config, models, store=store, device=device, fusion=fusion,
+                     fusion_status=fusion_status)
+        if load_reranker:
+            engine.use_reranker(*load_trained_reranker(config, device, engine.store))
+        return engine
 
     # ------------------------------------------------------------------ items
     def encode_items(self, items: Sequence[ItemInput]) -> list[StoredItem]:
@@ -276,8 +304,12 @@ class Engine:
             models.append(ModelStatus("lexical", self.lexical.name, True))
         if self.models.reranker_status is not None:
             models.append(self.models.reranker_status)
+        if self.trained_reranker_status is not None:
+            models.append(self.trained_reranker_status)
         if self.models.sequential_status is not None:
             models.append(self.models.sequential_status)
+        if self.fusion_status is not None:
+            models.append(self.fusion_status)
         enabled = {CLIP: self.clip is not None, TEXT: True}
         channels = [ChannelStatus(FUSED, self.fuser.dim, 0.0, True)] + [
             ChannelStatus(name, dim, float(self.fuser.weights[name]), enabled[name])

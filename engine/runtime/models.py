@@ -18,12 +18,16 @@ from engine.behaviour.sequential import SequentialModel
 from engine.config import EngineConfig
 from engine.domain import BEHAVIOUR, CLIP, ModelStatus, ModelUnavailable
 from engine.encoders import ClipEncoder, LexicalEncoder, TextEncoder, create_clip_encoder
+from engine.recommend.tuning import FUSION_FILE, TunedFusion
 from engine.rerank.explain import WriteReason
 
 if TYPE_CHECKING:  # the LLM stack (transformers) is imported only when a re-ranker loads
     from engine.rerank import LlmReranker
 
 log = logging.getLogger(__name__)
+
+FUSION = "fusion"
+"""The model role of the tuned fusion settings in ``Engine.info``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,31 @@ def load_cooccurrence(config: EngineConfig) -> CooccurrenceModel | None:
     except ModelUnavailable as exc:
         log.warning("co-occurrence channel off: %s", exc)
         return None
+
+
+def load_fusion(config: EngineConfig) -> tuple[TunedFusion | None, ModelStatus | None]:
+    """The fusion settings ``mmrec train-seq`` chose on validation, when the engine applies them.
+
+    Returned only when they apply (``recommend.tuned``); the status says either
+    way what was chosen (``details``) or why nothing is. None and None when no
+    behaviour model was ever trained here.
+    """
+    path = config.behaviour_path() / FUSION_FILE
+    if not config.behaviour.enabled or not path.parent.exists():
+        return None, None
+    if not path.exists():
+        return None, ModelStatus(FUSION, "", False, f"not tuned (no {path}): the recommend "
+                                 f"section's settings apply; mmrec train-seq tunes them")
+    try:
+        tuned = TunedFusion.load(path)
+    except ModelUnavailable as exc:
+        log.warning("tuned fusion off: %s", exc)
+        return None, ModelStatus(FUSION, str(path), False, str(exc))
+    name = f"tuned on validation ({path})"
+    if not config.recommend.tuned:
+        return None, ModelStatus(FUSION, name, False, "recommend.tuned = false: the recommend "
+                                 "section's settings apply", details=tuned.details())
+    return tuned, ModelStatus(FUSION, name, True, details=tuned.details())
 
 
 def reason_writer(reranker: LlmReranker | None) -> WriteReason | None:

@@ -3,7 +3,9 @@
 Each stage is a small class with one job; :class:`SearchPipeline` chains them
 under one time budget. Data flows one way: the service builds a
 :class:`SearchRequest`, this module calls the vectoriser, the retriever and the
-re-rank stage.
+re-rank stage. The vectoriser also says which query channels repeat another, and
+its lexical encoder which codes the query names, so the retriever can search each
+signal once and put exact identifiers first (``engine.search.retriever``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from engine.domain import SearchRequest, SearchResult
 from engine.encoders.vectoriser import Vectoriser
 from engine.rerank.explain import Explainer
-from engine.rerank.stage import RerankStage, search_hits
+from engine.rerank.stage import RerankQuery, RerankStage, search_hits
 from engine.search.retriever import HybridRetriever
 
 
@@ -28,8 +30,10 @@ class SearchPipeline:
         encoded = self.vectoriser.query(request.text, request.image)
         rerank = self.rerank.wanted(request, has_query=bool(request.text))
         limit = self.rerank.pool_size(request, rerank=rerank)
-        hits, fusion, channels = self.retriever.retrieve(encoded, request, limit)
-        ranked = self.rerank.apply(hits, request.text, request, rerank=rerank)
+        hits, fusion, channels = self.retriever.retrieve(
+            encoded, request, limit, duplicates=self.vectoriser.duplicates(encoded),
+            identifiers=self.vectoriser.lexical)
+        ranked = self.rerank.apply(hits, RerankQuery(text=request.text), request, rerank=rerank)
         items = ranked.items[:request.top_k]
         explanations = None
         if request.explain:

@@ -90,7 +90,9 @@ def record_to_item(record: ItemRecord) -> pb.Item:
 def _explanation(e: Explanation) -> pb.Explanation:
     message = pb.Explanation(rank=e.rank, fused_rank=e.fused_rank, fused_score=e.fused_score,
                              matched_terms=e.matched_terms, reason=e.reason,
-                             because_of=e.because_of)
+                             because_of=e.because_of, because_of_titles=e.because_of_titles,
+                             shared_attributes=e.shared_attributes,
+                             reason_source=e.reason_source, reason_rejected=e.reason_rejected)
     for name, hit in e.channels.items():
         message.channels[name].CopyFrom(pb.ChannelScore(rank=hit.rank, score=hit.score))
     if e.rerank_score is not None:
@@ -235,7 +237,9 @@ def explanations_from_response(response: pb.SearchResponse | pb.RecommendRespons
         rank=e.rank, fused_rank=e.fused_rank, fused_score=e.fused_score,
         channels={name: ChannelHit(c.rank, c.score) for name, c in e.channels.items()},
         rerank_score=e.rerank_score if e.HasField("rerank_score") else None,
-        matched_terms=list(e.matched_terms), reason=e.reason, because_of=list(e.because_of))
+        matched_terms=list(e.matched_terms), reason=e.reason, because_of=list(e.because_of),
+        because_of_titles=list(e.because_of_titles), shared_attributes=list(e.shared_attributes),
+        reason_source=e.reason_source, reason_rejected=e.reason_rejected)
         for e in (r.explanation for r in response.results)]
 
 
@@ -246,8 +250,8 @@ def info_response(info: EngineInfo) -> pb.GetInfoResponse:
         device=info.device,
         store=info.store,
         item_count=info.item_count,
-        models=[pb.ModelInfo(role=m.role, name=m.name, loaded=m.loaded, reason=m.reason)
-                for m in info.models],
+        models=[pb.ModelInfo(role=m.role, name=m.name, loaded=m.loaded, reason=m.reason,
+                             details=m.details) for m in info.models],
         channels=[pb.ChannelInfo(name=c.name, dim=c.dim, weight=c.weight, enabled=c.enabled)
                   for c in info.channels],
     )
@@ -260,7 +264,8 @@ def info_from_response(response: pb.GetInfoResponse) -> EngineInfo:
         device=response.device,
         store=response.store,
         item_count=response.item_count,
-        models=[ModelStatus(m.role, m.name, m.loaded, m.reason) for m in response.models],
+        models=[ModelStatus(m.role, m.name, m.loaded, m.reason, dict(m.details))
+                for m in response.models],
         channels=[ChannelStatus(c.name, c.dim, c.weight, c.enabled) for c in response.channels],
     )
 

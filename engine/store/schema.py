@@ -25,14 +25,18 @@ MAX_SPARSE_INDEX = 2**32 - 1
 class VectorSchema:
     """The named vectors of a store: dense name -> dimension (cosine), and sparse names (IDF).
 
-    Example: ``VectorSchema({"fused": 896, "clip": 512, "text": 384}, sparse=("lexical",))``.
-    A store is created with one schema and refuses to open with another
-    (``SchemaMismatch``), because vectors of another size or channel set could not
-    be searched together.
+    Example: ``VectorSchema({"fused": 896, "clip": 512, "text": 384}, sparse=("lexical",),
+    analysers={"lexical": "mmrec-bm25/2 language=english ..."})``. A store is created
+    with one schema and refuses to open with another (``SchemaMismatch``), because
+    vectors of another size or channel set could not be searched together, and
+    sparse vectors whose terms another analyser made would not meet the queries'.
     """
 
     dense: Mapping[str, int]
     sparse: Sequence[str] = field(default=())
+    analysers: Mapping[str, str] = field(default_factory=dict)
+    """Sparse vector name -> what made its term ids (``LexicalEncoder.analyser``); a sparse
+    vector without an entry has no analyser recorded (a store made before they were)."""
 
     def __post_init__(self) -> None:
         """Copy the inputs (callers may mutate theirs) and reject empty or clashing names."""
@@ -51,8 +55,12 @@ class VectorSchema:
             raise InvalidInput("sparse vector names must not be empty")
         if clash := sorted(set(sparse) & set(dense)):
             raise InvalidInput(f"vector names {clash} are both dense and sparse")
+        analysers = {str(name): str(kind) for name, kind in dict(self.analysers).items()}
+        if stray := sorted(set(analysers) - set(sparse)):
+            raise InvalidInput(f"analysers given for {stray}, which are not sparse vectors")
         object.__setattr__(self, "dense", dict(sorted(dense.items())))
         object.__setattr__(self, "sparse", sparse)
+        object.__setattr__(self, "analysers", dict(sorted(analysers.items())))
 
     @property
     def names(self) -> list[str]:
@@ -61,12 +69,15 @@ class VectorSchema:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form, as kept in the EdgeStore manifest."""
-        return {"dense": dict(self.dense), "sparse": list(self.sparse)}
+        return {"dense": dict(self.dense), "sparse": list(self.sparse),
+                "analysers": dict(self.analysers)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VectorSchema:
-        """The inverse of :meth:`to_json`; a manifest written before sparse vectors has none."""
-        return cls(dense=dict(data["dense"]), sparse=tuple(data.get("sparse") or ()))
+        """The inverse of :meth:`to_json`; a manifest written before sparse vectors (or their
+        analysers) were recorded has none."""
+        return cls(dense=dict(data["dense"]), sparse=tuple(data.get("sparse") or ()),
+                   analysers=dict(data.get("analysers") or {}))
 
     def differences(self, other: VectorSchema) -> list[str]:
         """What differs between this schema (the existing store's) and ``other`` (the asked one).
@@ -90,7 +101,21 @@ class VectorSchema:
             found.append(f"sparse vector {name!r} is missing from the store")
         for name in sorted(set(self.sparse) - set(other.sparse)):
             found.append(f"the store has sparse vector {name!r} not in the config")
+        for name in sorted(set(self.sparse) & set(other.sparse)):
+            stored, wanted = self.analysers.get(name, ""), other.analysers.get(name, "")
+            if stored != wanted:
+                found.append(_analyser_difference(name, stored, wanted))
         return found
+
+
+def _analyser_difference(name: str, have: str, want: str) -> str:
+    """The phrase for a sparse vector whose terms another analyser made."""
+    if not have:
+        return (f"sparse vector {name!r} was indexed by an older mmrec that did not record its "
+                f"analyser; the configured one is {want!r} and makes other terms")
+    if not want:
+        return f"sparse vector {name!r} was indexed with analyser {have!r}; none is configured"
+    return f"sparse vector {name!r} was indexed with analyser {have!r}, the config's is {want!r}"
 
 
 class SparseValues(NamedTuple):

@@ -59,10 +59,15 @@ from engine.store.server.filters import client_filter
 logger = logging.getLogger(__name__)
 
 
+ANALYSERS_KEY = "mmrec_analysers"
+"""Collection metadata key of the schema's sparse analysers (``VectorSchema.analysers``)."""
+
+
 def _collection_schema(
-    vectors: object, sparse: object
+    vectors: object, sparse: object, metadata: object = None
 ) -> tuple[VectorSchema | None, list[str]]:
-    """The schema of an existing collection's vectors config, and what about it we cannot use."""
+    """The schema of an existing collection's vectors config and metadata, and what about it
+    we cannot use."""
     if not isinstance(vectors, dict):
         return None, ["the collection has a single unnamed vector, not named vectors"]
     problems = [
@@ -78,7 +83,11 @@ def _collection_schema(
     ]
     if not vectors:
         return None, ["the collection has no dense vectors"]
-    schema = VectorSchema({name: params.size for name, params in vectors.items()}, tuple(sparse))
+    recorded = metadata.get(ANALYSERS_KEY) if isinstance(metadata, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    analysers = {name: str(kind) for name, kind in recorded.items() if name in sparse}
+    schema = VectorSchema({name: params.size for name, params in vectors.items()}, tuple(sparse),
+                          analysers)
     return schema, problems
 
 
@@ -111,7 +120,8 @@ class ServerStore(ServerCollection, VectorStore):
     def _differences(self, info: models.CollectionInfo) -> list[str]:
         """The schema differences between the collection and this store's vectors."""
         params = info.config.params
-        existing, problems = _collection_schema(params.vectors, params.sparse_vectors)
+        existing, problems = _collection_schema(params.vectors, params.sparse_vectors,
+                                                info.config.metadata)
         if existing is not None:
             problems += existing.differences(self.schema)
         return problems
@@ -136,6 +146,7 @@ class ServerStore(ServerCollection, VectorStore):
                 name: models.SparseVectorParams(modifier=models.Modifier.IDF)
                 for name in self.schema.sparse
             },
+            metadata={ANALYSERS_KEY: dict(self.schema.analysers)},
         )
         for field in KEYWORD_INDEXED_FIELDS:
             params = models.KeywordIndexParams(

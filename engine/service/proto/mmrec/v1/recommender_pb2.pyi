@@ -155,7 +155,7 @@ class ChannelScore(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("rank", "fused_rank", "fused_score", "channels", "rerank_score", "matched_terms", "reason", "because_of")
+    __slots__ = ("rank", "fused_rank", "fused_score", "channels", "rerank_score", "matched_terms", "reason", "because_of", "because_of_titles", "shared_attributes", "reason_source", "reason_rejected")
     class ChannelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,10 @@ class Explanation(_message.Message):
     MATCHED_TERMS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BECAUSE_OF_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_OF_TITLES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    REASON_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_REJECTED_FIELD_NUMBER: _ClassVar[int]
     rank: int
     fused_rank: int
     fused_score: float
@@ -179,7 +183,11 @@ class Explanation(_message.Message):
     matched_terms: _containers.RepeatedScalarFieldContainer[str]
     reason: str
     because_of: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, rank: _Optional[int] = ..., fused_rank: _Optional[int] = ..., fused_score: _Optional[float] = ..., channels: _Optional[_Mapping[str, ChannelScore]] = ..., rerank_score: _Optional[float] = ..., matched_terms: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., because_of: _Optional[_Iterable[str]] = ...) -> None: ...
+    because_of_titles: _containers.RepeatedScalarFieldContainer[str]
+    shared_attributes: _containers.RepeatedScalarFieldContainer[str]
+    reason_source: str
+    reason_rejected: str
+    def __init__(self, rank: _Optional[int] = ..., fused_rank: _Optional[int] = ..., fused_score: _Optional[float] = ..., channels: _Optional[_Mapping[str, ChannelScore]] = ..., rerank_score: _Optional[float] = ..., matched_terms: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., because_of: _Optional[_Iterable[str]] = ..., because_of_titles: _Optional[_Iterable[str]] = ..., shared_attributes: _Optional[_Iterable[str]] = ..., reason_source: _Optional[str] = ..., reason_rejected: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("results", "channels", "reranked", "rerank_budget_exhausted", "fusion")
@@ -254,16 +262,25 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("role", "name", "loaded", "reason")
+    __slots__ = ("role", "name", "loaded", "reason", "details")
+    class DetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
     role: str
     name: str
     loaded: bool
     reason: str
-    def __init__(self, role: _Optional[str] = ..., name: _Optional[str] = ..., loaded: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    details: _containers.ScalarMap[str, str]
+    def __init__(self, role: _Optional[str] = ..., name: _Optional[str] = ..., loaded: _Optional[bool] = ..., reason: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ChannelInfo(_message.Message):
     __slots__ = ("name", "dim", "weight", "enabled")
