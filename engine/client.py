@@ -179,7 +179,8 @@ class MmrecClient:
                   include_seen: bool = False, strategy: str | None = None,
                   diversity: float | None = None, fusion: Fusion | None = None, rrf_k: int = 0,
                   weights: Mapping[str, float] | None = None, candidates: int = 0,
-                  explain: bool = False, rerank: bool | None = None, rerank_top_k: int = 0,
+                  explain: bool = False, explain_reason: bool = False,
+                  rerank: bool | None = None, rerank_top_k: int = 0,
                   budget_ms: int = 0) -> RecommendResult:
         """Recommendations for a user's recorded history and/or example items.
 
@@ -191,12 +192,14 @@ class MmrecClient:
         server's), ``diversity`` in [0, 1] applies MMR (None: off). Seen items are left
         out unless ``include_seen``; ``explain`` also says which history items led to
         each result (``Explanation.because_of``, with ``because_of_titles``) and why, in
-        one sentence built from those facts (``Explanation.reason``).
+        one sentence built from those facts (``Explanation.reason``); with
+        ``explain_reason`` the LLM writes that sentence, checked against the facts.
         """
         message = pb.RecommendRequest(
             user_id=user_id, top_k=top_k, tenant=tenant, positive_ids=list(positive_ids),
             negative_ids=list(negative_ids), context=context, include_seen=include_seen,
-            explain=explain, strategy=convert.strategy_to_message(strategy))
+            explain=explain, explain_reason=explain_reason,
+            strategy=convert.strategy_to_message(strategy))
         if diversity is not None:
             message.diversity = diversity
         _set_shared(message, filter=filter, fusion=fusion, rrf_k=rrf_k, weights=weights,

@@ -5,7 +5,6 @@ gibberish is rejected and the plain sentence takes its place."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,14 +86,6 @@ def test_search_explanations_carry_the_plain_sentence(stub: pb_grpc.RecommenderS
     assert all(not e.because_of and e.reason for e in by_id.values())
 
 
-@dataclass(frozen=True, slots=True)
-class ReasonedRequest(RecommendRequest):
-    """A recommendation asking for LLM reasons (``explain_reason``, which the Recommend RPC
-    does not carry yet; ``Recommender`` reads it when present)."""
-
-    explain_reason: bool = True
-
-
 @pytest.fixture
 def llm_engine(tmp_path: Path, tiny_text_dir: Path) -> Iterator[Engine]:
     llm = make_tiny_llm(tmp_path / "tiny-llm")
@@ -110,8 +101,9 @@ def test_recommender_replaces_the_llm_gibberish_by_the_plain_sentence(llm_engine
                        for i in FILMS])
     llm_engine.record_events([Event("ann", i, "like", 0.0, t)
                               for t, i in enumerate(LIKED, start=1)])
-    result = llm_engine.recommend(ReasonedRequest(tenant="default", user_id="ann", top_k=3,
-                                                  explain=True, budget_ms=30_000))
+    result = llm_engine.recommend(RecommendRequest(tenant="default", user_id="ann", top_k=3,
+                                                   explain=True, explain_reason=True,
+                                                   budget_ms=30_000))
     assert result.explanations is not None
     for hit, e in zip(result.hits, result.explanations, strict=True):
         assert e.reason_source == FACTS and e.reason_rejected in REJECTIONS

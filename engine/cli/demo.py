@@ -270,7 +270,8 @@ def _recommend(client: MmrecClient, console: Console, events_log: Path, llm: boo
         print_results(console, f"{DEMO_USER}, re-ranked by the LLM given the recent history "
                       "(the trained re-ranker when `train-rerank` ran, blended with the first "
                       "stage by its validation weight)",
-                      client.recommend(user_id=DEMO_USER, top_k=5, rerank=True, explain=True))
+                      client.recommend(user_id=DEMO_USER, top_k=5, rerank=True, explain=True,
+                                       explain_reason=True))
     client.delete_user(VISITOR)
     print_results(console, f"new visitor {VISITOR!r} (no history)",
                   client.recommend(user_id=VISITOR, top_k=5))

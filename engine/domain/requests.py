@@ -65,5 +65,7 @@ class RecommendRequest:
     weights: Mapping[str, float] = field(default_factory=dict)
     candidates: int = 0
     diversity: float | None = None
+    explain_reason: bool = False
+    """With ``explain``: the LLM writes each reason from the facts (checked)."""
     deadline: float | None = None
     """``time.monotonic()`` by which the answer must be ready (from the gRPC deadline)."""

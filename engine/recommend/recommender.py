@@ -247,9 +247,5 @@ class Recommender:
 
 
 def _wants_reason(request: RecommendRequest) -> bool:
-    """Whether the LLM should write the reasons: the request's ``explain_reason``.
-
-    Read with a default so this works before and after ``RecommendRequest`` carries
-    the field (it is added with the Recommend RPC's ``explain_reason``).
-    """
-    return bool(getattr(request, "explain_reason", False))
+    """Whether the LLM should write the reasons: the request's ``explain_reason``."""
+    return request.explain_reason

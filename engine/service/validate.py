@@ -133,6 +133,7 @@ class RequestValidator:
         return RecommendRequest(
             user_id=user, positive_ids=positives, negative_ids=negatives, context=context,
             include_seen=request.include_seen or None, explain=request.explain,
+            explain_reason=request.explain and request.explain_reason,
             strategy=convert.STRATEGIES[request.strategy],
             diversity=request.diversity if request.HasField("diversity") else None,
             **self.shared(request, time_remaining))

@@ -349,7 +349,7 @@ class RecordEventsResponse(_message.Message):
     def __init__(self, recorded: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedEvent, _Mapping]]] = ..., users_updated: _Optional[int] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "top_k", "tenant", "positive_ids", "negative_ids", "context", "filter", "include_seen", "rerank", "rerank_budget_ms", "rerank_top_k", "explain", "hybrid", "strategy", "diversity")
+    __slots__ = ("user_id", "top_k", "tenant", "positive_ids", "negative_ids", "context", "filter", "include_seen", "rerank", "rerank_budget_ms", "rerank_top_k", "explain", "hybrid", "strategy", "diversity", "explain_reason")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -365,6 +365,7 @@ class RecommendRequest(_message.Message):
     HYBRID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_REASON_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     top_k: int
     tenant: str
@@ -380,7 +381,8 @@ class RecommendRequest(_message.Message):
     hybrid: HybridParams
     strategy: RecommendStrategy
     diversity: float
-    def __init__(self, user_id: _Optional[str] = ..., top_k: _Optional[int] = ..., tenant: _Optional[str] = ..., positive_ids: _Optional[_Iterable[str]] = ..., negative_ids: _Optional[_Iterable[str]] = ..., context: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., include_seen: _Optional[bool] = ..., rerank: _Optional[bool] = ..., rerank_budget_ms: _Optional[int] = ..., rerank_top_k: _Optional[int] = ..., explain: _Optional[bool] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ..., strategy: _Optional[_Union[RecommendStrategy, str]] = ..., diversity: _Optional[float] = ...) -> None: ...
+    explain_reason: bool
+    def __init__(self, user_id: _Optional[str] = ..., top_k: _Optional[int] = ..., tenant: _Optional[str] = ..., positive_ids: _Optional[_Iterable[str]] = ..., negative_ids: _Optional[_Iterable[str]] = ..., context: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., include_seen: _Optional[bool] = ..., rerank: _Optional[bool] = ..., rerank_budget_ms: _Optional[int] = ..., rerank_top_k: _Optional[int] = ..., explain: _Optional[bool] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ..., strategy: _Optional[_Union[RecommendStrategy, str]] = ..., diversity: _Optional[float] = ..., explain_reason: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("results", "channels", "reranked", "rerank_budget_exhausted", "fusion", "cold_start", "strategy")
