@@ -109,10 +109,13 @@ def test_filters(films: pb_grpc.RecommenderStub) -> None:
 
 
 def test_dbsf_and_rrf_params(films: pb_grpc.RecommenderStub) -> None:
-    rrf = films.Search(pb.SearchRequest(text="Alien", top_k=5, rerank=False,
+    # "Alien" alone ties "Aliens" on BM25 (one stem), and with the fused channel folded into
+    # text that tie decides; the extra words make the lexical order unambiguous.
+    query = "Alien deadly creature"
+    rrf = films.Search(pb.SearchRequest(text=query, top_k=5, rerank=False,
                                         hybrid=pb.HybridParams(rrf_k=10)), timeout=30)
     assert rrf.fusion == "rrf" and ids(rrf)[0] == "f2"
-    dbsf = films.Search(pb.SearchRequest(text="Alien", top_k=5, rerank=False,
+    dbsf = films.Search(pb.SearchRequest(text=query, top_k=5, rerank=False,
                                          hybrid=pb.HybridParams(fusion=pb.FUSION_DBSF)),
                         timeout=30)
     assert dbsf.fusion == "dbsf" and ids(dbsf)[0] == "f2"
