@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from engine.behaviour import BehaviourModel
@@ -53,7 +52,7 @@ from engine.rerank.training import (
 )
 from engine.runtime.engine import Engine
 from engine.runtime.rerankers import current_provenance
-from indexers.behaviour import log_sequences
+from indexers.behaviour import catalog_vectors, log_sequences
 from indexers.interactions import LogStats
 
 log = logging.getLogger(__name__)
@@ -193,14 +192,10 @@ def _first_stage(engine: Engine, config: EngineConfig, catalog: dict[str, ItemRe
                  models: dict[str, BehaviourModel], tenant: str
                  ) -> tuple[OfflineFirstStage, FusionSettings]:
     """The shadow models and the store's content vectors under the served fusion."""
-    ids = list(catalog)
+    ids, content = catalog_vectors(engine, config, tenant, [list(catalog)])
     settings = engine.recommend_settings
-    found = engine.store.vectors(ids, tenant=tenant, using=settings.content_vector)
-    dim = next(iter(found.values())).shape[0] if found else 0
-    content = (np.stack([found.get(i, np.zeros(dim, np.float32)) for i in ids])
-               if found else None)
-    stage = OfflineFirstStage.from_settings(ids, models, content, settings, config.profiles,
-                                            tenant=tenant)
+    stage = OfflineFirstStage.from_settings(ids, models, content if ids else None, settings,
+                                            config.profiles, tenant=tenant)
     return stage, FusionSettings.from_recommend(settings, stage.channels)
 
 

@@ -52,9 +52,6 @@ class RerankQuery:
     history: Sequence[ItemRecord] = ()
     """Recommend: the user's recent positive items, oldest first."""
 
-    def __bool__(self) -> bool:
-        return bool(self.text or self.history)
-
 
 @dataclass(frozen=True, slots=True)
 class RerankScores:
