@@ -137,6 +137,10 @@ class RerankSettings(BaseModel):
     prefix_cache_size: int = Field(
         32, ge=0, description="Users whose prompt prefix (history) key/value cache the trained "
         "re-ranker keeps between requests (about 10 MB each for SmolLM2).")
+    int8: bool = Field(
+        False, description="Serve the trained re-ranker with int8 linear weights on the CPU "
+        "(PyTorch dynamic quantisation, after the LoRA merge); ignored on CUDA. Its speed and "
+        "ranking agreement are in benchmarks/results/rerank_throughput.md.")
     search_blend_weight: float = Field(
         1.0, ge=0.0, le=1.0, description="Weight of the zero-shot LLM's rank against the "
         "fused rank in search (0: fused order). 1.0 is the LLM's order alone, as before the "

@@ -123,6 +123,29 @@ class ListwiseReranker:
         logprobs = logits.float().log_softmax(-1)
         return logprobs[torch.tensor(prompt.label_ids, device=logprobs.device)]
 
+    def raw_forward_seconds(self, query: RerankQuery, candidates: Sequence[ItemRecord]
+                            ) -> float:
+        """Seconds of the bare forward pass a warm :meth:`score` of these candidates makes.
+
+        The prefix is run (or taken from the LRU) and its cache copied before the
+        clock starts, so this is the model's own cost for the candidate lines and
+        the question: the floor that ``score``'s tokenising, cache lookup and
+        bookkeeping are measured against.
+        """
+        with self._lock:  # the tokenizer, as in score
+            prompt = self.prompts.build(candidates, history=query.history, query=query.text)
+        with torch.inference_mode():
+            prefix = self._cached_prefix(prompt.prefix) or self._run_prefix(prompt.prefix)
+            cache = copy.deepcopy(prefix.cache)
+            started = time.monotonic()
+            self._forward([*prompt.candidates, *prompt.tail], cache, prefix.length)
+            return time.monotonic() - started
+
+    def clear_prefixes(self) -> None:
+        """Forget every cached prefix (the next call of each history runs cold)."""
+        with self._lock:
+            self._prefixes.clear()
+
     def _forward(self, ids: list[int], cache: Any, past: int) -> torch.Tensor:
         """Logits at the last position of ``ids`` run after ``past`` cached positions."""
         input_ids = torch.tensor([ids], device=self.device)

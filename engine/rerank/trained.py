@@ -22,14 +22,17 @@ from engine.rerank.artifact import (
 )
 from engine.rerank.listwise import ListwiseReranker
 from engine.rerank.loading import RerankerSpec, load_causal_lm
+from engine.rerank.quantise import int8_linear, is_int8
 
 
 def load_trained(folder: Path, spec: RerankerSpec, current: Provenance, *,
-                 prefix_cache_size: int = 32) -> tuple[ListwiseReranker, RerankArtifact]:
+                 prefix_cache_size: int = 32, int8: bool = False
+                 ) -> tuple[ListwiseReranker, RerankArtifact]:
     """The trained re-ranker in ``folder`` on ``spec``'s base model, or ModelUnavailable.
 
     ``current`` describes the store and first stage now; its ``base_fingerprint``
-    is filled in here from the loaded model.
+    is filled in here from the loaded model. ``int8``: int8 linear weights after
+    the merge, when the model is on the CPU (:mod:`engine.rerank.quantise`).
     """
     artifact = RerankArtifact.load(folder)
     model, tokenizer, name = load_causal_lm(spec)
@@ -39,8 +42,11 @@ def load_trained(folder: Path, spec: RerankerSpec, current: Provenance, *,
 
     base: Any = model  # a torch module; CausalLM types only the inference surface
     merged: Any = PeftModel.from_pretrained(base, Path(folder) / ADAPTER).merge_and_unload()
+    if int8 and next(merged.parameters()).device.type == "cpu":
+        merged = int8_linear(merged)
     gain = artifact.validation.get("gain")
-    label = f"{name} listwise, trained" + (f" (validation x{gain:.3f})" if gain else "")
+    label = (f"{name} listwise, trained" + (", int8" if is_int8(merged) else "")
+             + (f" (validation x{gain:.3f})" if gain else ""))
     return ListwiseReranker(merged.eval(), tokenizer, name=label, prompt=artifact.prompt,
                             blend=artifact.blend, prefix_cache_size=prefix_cache_size), artifact
 

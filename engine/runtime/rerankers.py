@@ -55,7 +55,8 @@ def load_trained_reranker(config: EngineConfig, device: str, store: VectorStore
         spec = RerankerSpec.from_settings(config.rerank, data_dir=Path(config.store.data_dir),
                                           device=device)
         reranker, artifact = load_trained(folder, spec, current,
-                                          prefix_cache_size=config.rerank.prefix_cache_size)
+                                          prefix_cache_size=config.rerank.prefix_cache_size,
+                                          int8=config.rerank.int8)
     except ModelUnavailable as exc:
         log.warning("trained re-ranker off: %s", exc)
         return None, ModelStatus(ROLE, str(folder), False, str(exc))
