@@ -85,7 +85,9 @@ def pipeline_seconds(engine: Engine, catalog: Path, options: JobOptions, scratch
     real_store, engine.store = engine.store, store
     try:
         checkpoint, letters = job_files(scratch / "jobs", catalog)
-        job = IndexJob(open_source(catalog), StoreTarget(engine, FetchOptions()),
+        # The catalogs name the data sets' images, outside their own folder.
+        fetch = FetchOptions(allow_outside_paths=True)
+        job = IndexJob(open_source(catalog), StoreTarget(engine, fetch),
                        checkpoint_file=checkpoint, dead_letter=letters,
                        options=options)
         summary = job.run()

@@ -33,6 +33,7 @@ from engine.domain import SearchRequest
 from engine.evaluation import evaluate_qrels, evaluate_qrels_per_query, ranking_to_run
 from engine.runtime.engine import Engine
 from indexers.datasets import stamps_dir, tuxpaint_items, write_jsonl
+from indexers.fetch import FetchOptions
 from indexers.job import run_index_job
 from indexers.pipeline import JobOptions
 
@@ -77,7 +78,9 @@ def main() -> None:
     config = EngineConfig.load(clip={"enabled": True}, store={"data_dir": WORK / "store"})
     engine = Engine.from_config(config)
     try:
-        run_index_job(config, catalog, engine=engine, options=JobOptions(progress=False))
+        # The catalog names the stamps' images in the data sets folder, outside its own.
+        run_index_job(config, catalog, engine=engine, options=JobOptions(progress=False),
+                      fetch=FetchOptions(allow_outside_paths=True))
         llm = engine.models.reranker_status
         clip = engine.clip.name if engine.clip else "off (no weights on this machine)"
         print(f"task: {len(queries)} folder-name queries over {len(rows)} Tux Paint stamp "

@@ -180,6 +180,20 @@ class ServiceSettings(BaseModel):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_ids_per_request: int = Field(1000, ge=1)
     workers: int = Field(4, ge=1, description="Threads for encoding and store calls.")
+    llm_workers: int = Field(
+        1, ge=1, description="Threads for requests that use the LLM (re-rank or written "
+        "reasons). They queue apart from `workers`, so slow LLM calls never hold up plain "
+        "searches, recommendations, writes or health checks; one is what 2 CPU cores can run.")
+    max_queued: int = Field(
+        64, ge=1, description="Requests waiting for a thread, per lane (plain, LLM), before "
+        "more are refused with RESOURCE_EXHAUSTED (retry with backoff).")
+    max_rerank_budget_ms: int = Field(
+        5000, ge=0, description="The most LLM time one request may ask for (rerank_budget_ms).")
+    max_rerank_top_k: int = Field(100, ge=1, description="The most candidates one request may "
+                                  "have re-ranked (rerank_top_k).")
+    max_filter_conditions: int = Field(
+        64, ge=1, description="Conditions in one filter (must + must_not).")
+    max_filter_values: int = Field(1024, ge=1, description="Values in one `any_of` condition.")
     grace_seconds: float = Field(5.0, ge=0.0, description="Drain time on SIGTERM.")
 
 

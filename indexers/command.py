@@ -2,23 +2,38 @@
 
 ``engine.cli`` registers :func:`index` as its ``index`` command; ``python -m
 indexers`` runs it alone, without the rest of the command line.
+
+Exit status: 0 when the job ran and few enough rows failed; 1 when every row failed
+or more than ``--max-failed`` of them did (the good rows are still stored); 2 when
+the job could not run (an unreadable catalog, a bad option, the store or service
+refusing), said in one line on stderr.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from engine.config import EngineConfig
+from engine.domain import MmrecError
 from engine.runtime.logs import configure_logging, quiet_model_loading
 from indexers.fetch import FetchOptions
 from indexers.job import run_index_job
 from indexers.pipeline import JobOptions, JobSummary
+from indexers.sources import MAX_ROW_BYTES
+from indexers.sources.cells import COLUMN_TYPES
 
+log = logging.getLogger(__name__)
 console = Console()
+errors = Console(stderr=True)
+MAX_FAILED = 0.1
+"""Default ``--max-failed``: a few bad rows are the dead-letter file's business; more than
+one in ten usually means a wrong column name, image folder or format."""
 
 
 def index(
@@ -46,8 +61,32 @@ def index(
     checkpoint_dir: Annotated[Path | None, typer.Option(
         help="Where checkpoints go; default: DATA_DIR/jobs.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    allow_outside_paths: Annotated[bool, typer.Option(
+        help="Read local images (and a folder's captions) outside the catalog's folder: "
+        "absolute paths elsewhere, '..', symlinks that lead out. Off: such rows are "
+        "dead-lettered and nothing outside is opened.")] = False,
+    max_image_bytes: Annotated[int | None, typer.Option(
+        min=1, help="Largest image file or download, checked before reading; default: "
+        "the config's service.max_image_bytes (20 MiB).")] = None,
+    max_row_bytes: Annotated[int, typer.Option(
+        min=1, help="Largest catalog row; a longer one is dead-lettered without being "
+        "parsed.")] = MAX_ROW_BYTES,
+    max_failed: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Exit with status 1 when more than this fraction of the rows "
+        "failed (0: any failure). A run in which every row failed exits 1 whatever the "
+        "value. The default, 0.1: more than one bad row in ten usually means a wrong "
+        "column, folder or format.")] = MAX_FAILED,
+    column_type: Annotated[list[str] | None, typer.Option(
+        help="NAME=TYPE: force a CSV column's type (int, float, bool, str), repeatable. "
+        "Default: inferred per column (ints, floats, booleans, else text; ids stay "
+        "text).")] = None,
 ) -> None:
-    """Index a catalog: bad rows are dead-lettered, re-runs change nothing, kills resume."""
+    """Index a catalog: bad rows are dead-lettered, re-runs change nothing, kills resume.
+
+    Exit status 1 when every row failed or more than --max-failed of them; 2 when the
+    job could not run.
+    """
+    schema = _schema(column_type or [])
     overrides = {"store": {"data_dir": data_dir}} if data_dir is not None else {}
     cfg = EngineConfig.load(config, **overrides)
     configure_logging(cfg.log_level)
@@ -55,13 +94,53 @@ def index(
     if device is not None:
         cfg.device = device
     quiet_model_loading()
-    summary = run_index_job(
-        cfg, source, service=service, source_format=source_format,
-        options=JobOptions(batch_size=batch_size, workers=workers, restart=restart,
-                           checkpoint_seconds=checkpoint_seconds, progress=progress),
-        fetch=FetchOptions(allow_http=allow_http, timeout=http_timeout, retries=http_retries),
-        dead_letter=dead_letter, checkpoint_dir=checkpoint_dir)
+    fetch = FetchOptions(allow_http=allow_http, timeout=http_timeout, retries=http_retries,
+                         allow_outside_paths=allow_outside_paths,
+                         max_bytes=max_image_bytes or cfg.service.max_image_bytes)
+    try:
+        summary = run_index_job(
+            cfg, source, service=service, source_format=source_format, fetch=fetch,
+            options=JobOptions(batch_size=batch_size, workers=workers, restart=restart,
+                               checkpoint_seconds=checkpoint_seconds, progress=progress),
+            dead_letter=dead_letter, checkpoint_dir=checkpoint_dir,
+            max_row_bytes=max_row_bytes, schema=schema)
+    except (MmrecError, OSError) as exc:
+        log.debug("the index job failed", exc_info=True)
+        errors.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     print_summary(console, summary)
+    verdict = failure_verdict(summary, max_failed)
+    if verdict:
+        errors.print(f"[red]failed[/]: {escape(verdict)}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _schema(items: list[str]) -> dict[str, str]:
+    """``--column-type NAME=TYPE`` options as a schema."""
+    schema: dict[str, str] = {}
+    for item in items:
+        name, sep, kind = item.partition("=")
+        if not sep or not name.strip() or kind.strip() not in COLUMN_TYPES:
+            raise typer.BadParameter(f"{item!r} is not NAME=TYPE with TYPE one of "
+                                     f"{', '.join(COLUMN_TYPES)}", param_hint="--column-type")
+        schema[name.strip()] = kind.strip()
+    return schema
+
+
+def failure_verdict(summary: JobSummary, max_failed: float) -> str:
+    """Why the job counts as failed (every row failed, or more than ``max_failed`` of them),
+    in one line; "" when it does not. Counts cover the whole job, resumed runs included."""
+    handled = summary.indexed + summary.failed
+    if summary.already_done or not summary.failed:
+        return ""
+    where = f"; the rows and reasons are in {summary.dead_letter}"
+    if not summary.indexed:
+        return f"every row failed ({summary.failed:,} of {handled:,}), nothing was indexed{where}"
+    share = summary.failed / handled
+    if share > max_failed:
+        return (f"{share:.1%} of the rows failed ({summary.failed:,} of {handled:,}), more than "
+                f"--max-failed {max_failed:g}{where}")
+    return ""
 
 
 def print_summary(out: Console, summary: JobSummary) -> None:

@@ -1,17 +1,18 @@
 """Image bytes for catalog rows: local paths, ``file://`` URIs and, when allowed, HTTP(S).
 
 Bulk jobs call this from a worker pool, once per row with an image. Everything
-that can go wrong with one image (missing file, oversize, HTTP error, timeout)
-is raised as a domain error with a sentence a person can act on, so the job
-dead-letters the row and goes on. HTTP is off unless the job asks for it: a
-catalog should not make the indexer reach out to arbitrary hosts by surprise.
+that can go wrong with one image (missing file, oversize, a path outside the
+catalog's folder, a FIFO or device, HTTP error, timeout) is raised as a domain
+error with a sentence a person can act on, so the job dead-letters the row and
+goes on. HTTP and paths outside the catalog's folder are off unless the job asks
+for them: a catalog should not make the indexer read the machine's files or
+reach out to arbitrary hosts by surprise (see ``indexers.localfiles``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic, sleep
@@ -19,22 +20,29 @@ from urllib.parse import urlparse
 
 import httpx
 
-from engine.domain import InvalidInput, NotFound, Unavailable
+from engine.domain import InvalidInput, Unavailable
 from engine.encoders.images import resolve_image_path
+from indexers.localfiles import read_local_file, too_big
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """How images are fetched: whether HTTP is allowed, its timeout and retries, a size cap."""
+    """How images are fetched: whether HTTP and outside paths are allowed, HTTP timeout and
+    retries, a size cap."""
 
     allow_http: bool = False
+    allow_outside_paths: bool = False
+    """Read local images outside the catalog's folder (absolute paths elsewhere, ``..``,
+    symlinks that lead out). Off: such a row is dead-lettered, nothing outside is opened."""
     timeout: float = 10.0
     """Seconds per HTTP attempt (connecting and reading the whole body)."""
     retries: int = 2
     """Extra HTTP attempts after a timeout, a connection error, a 5xx or a 429."""
     max_bytes: int = 20 * 1024 * 1024
+    """Largest image accepted, local or HTTP; checked before reading (the job's default is the
+    service's ``max_image_bytes``, so both paths into the store take the same images)."""
     backoff: float = 0.5
     """Seconds before the first retry; each later retry waits twice as long as the one before."""
 
@@ -50,9 +58,12 @@ class _Retryable(Exception):
 def fetch_image_bytes(uri: str, base_dir: Path | None, options: FetchOptions) -> bytes:
     """The encoded bytes of the image ``uri`` names; relative paths resolve against ``base_dir``.
 
+    A local file must resolve inside ``base_dir`` (the catalog's folder) unless
+    ``options.allow_outside_paths`` or ``base_dir`` is None, and must be a regular file.
     Raises NotFound for a missing file, InvalidInput for anything the row must fix
-    (oversize, unsupported scheme, HTTP off, an HTTP error status) and Unavailable
-    when a host could not be reached in time after all retries.
+    (oversize, outside the folder, not a regular file, unsupported scheme, HTTP off, an
+    HTTP error status) and Unavailable when a host could not be reached in time after all
+    retries.
     """
     if not uri.strip():
         raise InvalidInput("image URI is empty")
@@ -68,34 +79,8 @@ def fetch_image_bytes(uri: str, base_dir: Path | None, options: FetchOptions) ->
     except InvalidInput as exc:
         raise InvalidInput(f"image URI {uri!r} has the scheme {scheme!r}, which is not "
                            "supported; use a file path, file:// or http(s)://") from exc
-    return _read_file(path, options.max_bytes)
-
-
-def _read_file(path: Path, max_bytes: int) -> bytes:
-    """A local file's bytes, refusing oversize files before reading them."""
-    try:
-        info = path.stat()
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise NotFound(f"image file {path} does not exist") from exc
-    except OSError as exc:
-        raise InvalidInput(f"image file {path} cannot be read: {exc}") from exc
-    if stat.S_ISDIR(info.st_mode):
-        raise InvalidInput(f"image file {path} is a folder, not an image")
-    if info.st_size > max_bytes:
-        raise InvalidInput(_too_big(f"image file {path}", info.st_size, max_bytes))
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except OSError as exc:
-        raise InvalidInput(f"image file {path} cannot be read: {exc}") from exc
-    if len(data) > max_bytes:  # the file grew after stat
-        raise InvalidInput(_too_big(f"image file {path}", len(data), max_bytes))
-    return data
-
-
-def _too_big(what: str, size: int, max_bytes: int) -> str:
-    return (f"{what} is {size:,} bytes, above the limit of {max_bytes:,} bytes; "
-            "shrink the image or raise the limit")
+    root = None if options.allow_outside_paths else base_dir
+    return read_local_file(path, what="image", max_bytes=options.max_bytes, root=root)
 
 
 @functools.lru_cache(maxsize=8)
@@ -138,7 +123,8 @@ def _http_attempt(uri: str, options: FetchOptions) -> bytes:
                 raise InvalidInput(f"image {uri} answered HTTP {code} {response.reason_phrase}")
             length = response.headers.get("content-length", "")
             if length.isdigit() and int(length) > options.max_bytes:
-                raise InvalidInput(_too_big(f"image {uri}", int(length), options.max_bytes))
+                raise InvalidInput(too_big(f"image {uri}", int(length), options.max_bytes,
+                                           "--max-image-bytes"))
             return _read_body(uri, response, options.max_bytes, deadline, options.timeout)
     except httpx.TimeoutException as exc:
         raise _Retryable(f"timed out after {options.timeout:g} s") from exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from engine.client import MmrecClient
@@ -12,7 +12,7 @@ from engine.runtime.engine import Engine
 from indexers.checkpoint import job_files
 from indexers.fetch import FetchOptions
 from indexers.pipeline import IndexJob, JobOptions, JobSummary
-from indexers.sources import open_source
+from indexers.sources import MAX_ROW_BYTES, open_source
 from indexers.targets import ServiceTarget, StoreTarget, Target
 
 
@@ -50,16 +50,24 @@ def run_index_job(
     dead_letter: Path | None = None,
     checkpoint_dir: Path | None = None,
     engine: Engine | None = None,
+    max_row_bytes: int = MAX_ROW_BYTES,
+    schema: Mapping[str, str] | None = None,
 ) -> JobSummary:
     """Index ``source_path`` into the configured store (or a service) and return the summary.
 
     The checkpoint and the dead-letter file of each catalog live in
-    ``DATA_DIR/jobs/`` (``.mmrec/jobs/`` for a service target) unless given.
+    ``DATA_DIR/jobs/`` (``.mmrec/jobs/`` for a service target) unless given. ``fetch``
+    defaults to the service's image size limit (``service.max_image_bytes``), so a job
+    and an UpsertItems call accept the same images; its ``allow_outside_paths`` also
+    lets a folder's captions lie outside it. ``max_row_bytes`` and ``schema`` (CSV column
+    types) go to the reader (``indexers.sources.open_source``).
     """
-    source = open_source(source_path, format=source_format)
+    fetch = fetch or FetchOptions(max_bytes=config.service.max_image_bytes)
+    source = open_source(source_path, format=source_format, max_row_bytes=max_row_bytes,
+                         schema=schema, allow_outside_paths=fetch.allow_outside_paths)
     jobs = checkpoint_dir or (Path(".mmrec/jobs") if service else config.store.data_dir / "jobs")
     checkpoint_file, default_letters = job_files(jobs, source.path)
-    with open_target(config, fetch or FetchOptions(), service, engine) as target:
+    with open_target(config, fetch, service, engine) as target:
         job = IndexJob(source, target, checkpoint_file=checkpoint_file,
                        dead_letter=dead_letter or default_letters, options=options)
         return job.run()

@@ -68,6 +68,13 @@ class Target(Protocol):
         """Items the destination holds, for the summary."""
 
 
+def fetch_policy(fetch: FetchOptions) -> dict[str, Any]:
+    """The fetch options that decide which rows pass, for a target's signature: a job re-run
+    with other limits indexes again instead of keeping the rows the old limits refused."""
+    return {"allow_http": fetch.allow_http, "allow_outside_paths": fetch.allow_outside_paths,
+            "max_image_bytes": fetch.max_bytes}
+
+
 def shrink(image: Image.Image, max_side: int) -> Image.Image:
     """The image scaled down so its longer side is at most ``max_side`` (encoders need ~224)."""
     if max(image.size) > max_side:
@@ -116,7 +123,7 @@ class StoreTarget:
         self.engine.store.flush()
 
     def signature(self) -> dict[str, Any]:
-        """Models, channel weights and layout, and the store's identity."""
+        """Models, channel weights and layout, the store's identity and the fetch policy."""
         cfg = self.engine.config
         return {
             "schema": dict(self.engine.schema.dense),
@@ -125,6 +132,7 @@ class StoreTarget:
             "weights": dict(self.engine.fuser.weights),
             "image_weight": cfg.clip.image_weight,
             "store": str(cfg.store.url or Path(cfg.store.data_dir).resolve()),
+            "fetch": fetch_policy(self.fetch),
         }
 
     def count(self) -> int | None:
@@ -171,10 +179,11 @@ class ServiceTarget:
         """Nothing to do: the service schedules its own index builds."""
 
     def signature(self) -> dict[str, Any]:
-        """The service address and the models it runs."""
+        """The service address, the models it runs and the fetch policy."""
         info = self.client.info()
         return {"target": self.client.target,
-                "models": [(m.role, m.name, m.loaded) for m in info.models]}
+                "models": [(m.role, m.name, m.loaded) for m in info.models],
+                "fetch": fetch_policy(self.fetch)}
 
     def count(self) -> int | None:
         """Items the service reports."""

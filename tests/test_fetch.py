@@ -88,8 +88,12 @@ def test_local_paths_and_file_uris(tmp_path: Path) -> None:
     options = FetchOptions()
     assert fetch_image_bytes("img/a b.png", tmp_path, options) == PNG
     assert fetch_image_bytes(str(tmp_path / "img" / "a b.png"), None, options) == PNG
+    assert fetch_image_bytes(f"file://{tmp_path}/img/a%20b.png", tmp_path, options) == PNG
+    with pytest.raises(InvalidInput, match="outside the catalog folder"):
+        fetch_image_bytes(f"file://{tmp_path}/img/a%20b.png", Path("/elsewhere"), options)
+    outside = FetchOptions(allow_outside_paths=True)
     assert fetch_image_bytes(f"file://{tmp_path}/img/a%20b.png", Path("/elsewhere"),
-                             options) == PNG
+                             outside) == PNG
 
 
 def test_local_failures(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from indexers.datasets import (
     tuxpaint_items,
     write_jsonl,
 )
+from indexers.fetch import FetchOptions
 from indexers.job import run_index_job
 
 TEXT_QUERIES = [
@@ -102,13 +103,16 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
         return 1
 
     console.rule("1. index")
+    # The catalog is ours: it names the stamps' images where `make data` put them, outside
+    # the catalog's folder.
+    fetch = FetchOptions(allow_outside_paths=True, max_bytes=config.service.max_image_bytes)
     try:
-        summary = run_index_job(config, catalog)
+        summary = run_index_job(config, catalog, fetch=fetch)
     except SchemaMismatch as exc:
         console.print(f"[yellow]the demo store was built by an older mmrec[/] ({exc}); "
                       f"rebuilding {config.store.data_dir}")
         shutil.rmtree(config.store.data_dir)
-        summary = run_index_job(config, catalog)
+        summary = run_index_job(config, catalog, fetch=fetch)
     print_summary(console, summary)
     events_log = config.store.data_dir.parent / "demo-events.jsonl"
     count = _write_if_changed(movielens_events(movielens_dir(datasets)), events_log)

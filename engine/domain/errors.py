@@ -36,6 +36,11 @@ class Unavailable(MmrecError):
     """A dependency is temporarily unusable; retrying may help (maps to UNAVAILABLE)."""
 
 
+class Overloaded(MmrecError):
+    """The server is at a limit it sets itself (queue bound, rate); retry later, after backing
+    off (maps to RESOURCE_EXHAUSTED)."""
+
+
 class ModelUnavailable(MmrecError):
     """Model weights cannot be loaded (missing offline, bad file, unknown name).
 

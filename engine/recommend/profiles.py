@@ -119,6 +119,13 @@ class ProfileWeights:
         return (self.decay(previous, event.timestamp) * vector + added).astype(np.float32)
 
 
+MAX_EVENT_VALUE = 1e6
+"""Larger values (a rating of 1e20) would swamp a profile, or overflow it to infinity."""
+MAX_TIMESTAMP = 4_102_444_800.0
+"""2100-01-01 UTC: later timestamps are a client's mistake (milliseconds sent as seconds,
+or garbage), and would give one event all the weight of the time decay."""
+
+
 def check_event(event: Event, weights: ProfileWeights) -> None:
     """``InvalidInput`` naming what is wrong with an event (ids, kind, value, time)."""
     for name, value in (("user_id", event.user_id), ("item_id", event.item_id)):
@@ -126,10 +133,12 @@ def check_event(event: Event, weights: ProfileWeights) -> None:
             raise InvalidInput(f"event {name} must not be empty")
         if len(value) > MAX_ID_CHARS:
             raise InvalidInput(f"event {name} is {len(value)} characters; at most {MAX_ID_CHARS}")
-    if not math.isfinite(event.value):
-        raise InvalidInput(f"event value must be a finite number, not {event.value}")
-    if not math.isfinite(event.timestamp) or event.timestamp < 0:
-        raise InvalidInput(f"event timestamp must be unix seconds >= 0, not {event.timestamp}")
+    if not math.isfinite(event.value) or abs(event.value) > MAX_EVENT_VALUE:
+        raise InvalidInput(f"event value must be a finite number within +-{MAX_EVENT_VALUE:g}, "
+                           f"not {event.value:g}")
+    if not math.isfinite(event.timestamp) or not 0 <= event.timestamp < MAX_TIMESTAMP:
+        raise InvalidInput(f"event timestamp must be unix seconds from 0 to {MAX_TIMESTAMP:g} "
+                           f"(the year 2100), not {event.timestamp:g}")
     weights.weight(event.kind, event.value)
 
 

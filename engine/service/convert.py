@@ -11,6 +11,7 @@ and the client reads what the service writes): ``item_filter`` /
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,7 +70,7 @@ def item_to_record(item: pb.Item) -> ItemRecord:
     attributes = (_json_numbers(json_format.MessageToDict(item.attributes))
                   if item.HasField("attributes") else {})
     return ItemRecord(
-        id=item.id,
+        id=item.id.strip(),  # as events, GetItems and DeleteItems strip it
         tenant=tenant_of(item.tenant),
         title=item.title,
         text=item.text,
@@ -133,6 +134,10 @@ FUSIONS: dict[pb.Fusion, Fusion | None] = {pb.FUSION_UNSPECIFIED: None, pb.FUSIO
                                             pb.FUSION_DBSF: "dbsf"}
 
 
+MAX_EXACT_INT = 2**53
+"""Integers beyond this are not exact in the double a protobuf Value carries."""
+
+
 def _scalar(value: struct_pb2.Value, key: str) -> str | int | bool:
     kind = value.WhichOneof("kind")
     if kind == "string_value":
@@ -140,6 +145,10 @@ def _scalar(value: struct_pb2.Value, key: str) -> str | int | bool:
     if kind == "bool_value":
         return value.bool_value
     if kind == "number_value" and float(value.number_value).is_integer():
+        if abs(value.number_value) > MAX_EXACT_INT:
+            raise InvalidInput(f"filter on {key!r}: {value.number_value:g} is beyond +-2^53, "
+                               "where a protobuf number stops being an exact integer; "
+                               "store such ids as strings and match them as strings")
         return int(value.number_value)
     raise InvalidInput(f"filter on {key!r}: equality needs a string, an integer or a bool; "
                        "use `range` for other numbers")
@@ -162,6 +171,10 @@ def _condition(condition: pb.Condition) -> Condition:
         bounds = {b: getattr(r, b) if r.HasField(b) else None for b in ("gte", "gt", "lte", "lt")}
         if all(v is None for v in bounds.values()):
             raise InvalidInput(f"filter on {key!r}: `range` needs at least one bound")
+        bad = {b: v for b, v in bounds.items() if v is not None and not math.isfinite(v)}
+        if bad:
+            raise InvalidInput(f"filter on {key!r}: range bounds must be finite numbers, not "
+                               f"{bad}; leave a side unset for no limit")
         return Range(key, **bounds)
     raise InvalidInput(f"filter on {key!r}: set one of `equals`, `any_of` or `range`")
 
@@ -170,7 +183,7 @@ def item_filter(message: pb.Filter) -> ItemFilter:
     """A wire Filter as an ItemFilter, or InvalidInput saying which condition is wrong."""
     return ItemFilter(must=tuple(_condition(c) for c in message.must),
                       must_not=tuple(_condition(c) for c in message.must_not),
-                      exclude_ids=tuple(message.exclude_ids))
+                      exclude_ids=tuple(i.strip() for i in message.exclude_ids))
 
 
 def _value(value: str | int | bool) -> struct_pb2.Value:

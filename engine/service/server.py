@@ -15,8 +15,8 @@ from grpc_reflection.v1alpha import reflection
 
 from engine.config import EngineConfig
 from engine.runtime.engine import Engine
+from engine.service import wire
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
-from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 from engine.service.servicer import RecommenderService
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ async def start_server(engine: Engine, config: EngineConfig, *, port: int | None
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ])
     service = RecommenderService(engine, settings)
-    pb_grpc.add_RecommenderServicer_to_server(service, server)
+    wire.add_to_server(service, server)  # undecodable bytes: INVALID_ARGUMENT, not UNKNOWN
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

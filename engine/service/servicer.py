@@ -10,19 +10,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
 
 from engine.config import ServiceSettings
-from engine.domain import Event, ItemInput, MmrecError, NotFound
+from engine.domain import (
+    Event,
+    ItemInput,
+    MmrecError,
+    NotFound,
+    RecommendRequest,
+    SearchRequest,
+)
 from engine.runtime import Engine
 from engine.service import convert
+from engine.service.lanes import Lane
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 from engine.service.status import mapped_errors
 from engine.service.validate import RequestValidator, tenant, user_id
+from engine.service.wire import Malformed
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +46,20 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.engine = engine
         self.settings = settings
         self.validate = RequestValidator(settings, {*engine.schema.dense, *engine.schema.sparse})
-        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="mmrec-rpc")
+        self.plain = Lane("plain", settings.workers, settings.max_queued)
+        self.llm = Lane("LLM", settings.llm_workers, settings.max_queued)
         self._writes_since_build = 0
 
     async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T],
-                   *args: object) -> T:
-        """Run blocking engine work off the event loop, within the request's deadline."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.pool, fn, *args)
-        remaining = context.time_remaining()
-        return await asyncio.wait_for(future, timeout=remaining)
+                   *args: object, lane: Lane | None = None) -> T:
+        """Run blocking engine work off the event loop in a lane (default: the plain one),
+        within the request's deadline."""
+        return await (lane or self.plain).run(fn, *args, timeout=context.time_remaining())
+
+    def _lane(self, query: SearchRequest | RecommendRequest) -> Lane:
+        """The LLM lane for a request that will use the LLM, else the plain one."""
+        rerank = self.engine.config.rerank.enabled if query.rerank is None else query.rerank
+        return self.llm if rerank or query.explain_reason else self.plain
 
     # ----------------------------------------------------------------- Search
     @mapped_errors
@@ -55,12 +67,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                      ) -> pb.SearchResponse:
         """Validate a search, encode the query and return the nearest items."""
         query = self.validate.search(request, context.time_remaining())
-        result = await self._run(context, self.engine.search, query)
+        result = await self._run(context, self.engine.search, query, lane=self._lane(query))
         return convert.search_response(result)
 
     # ------------------------------------------------------------ UpsertItems
     @mapped_errors
-    async def UpsertItems(self, request_iterator: AsyncIterator[pb.UpsertItemsRequest],
+    async def UpsertItems(self,
+                          request_iterator: AsyncIterator[pb.UpsertItemsRequest | Malformed],
                           context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
         """Store a stream of items in batches; report each invalid one and keep going.
 
@@ -73,6 +86,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         index = -1
         async for message in request_iterator:
             index += 1
+            if isinstance(message, Malformed):  # undecodable bytes: reported, the stream goes on
+                rejected.append(pb.RejectedItem(index=index, reason=str(message)))
+                continue
             try:
                 item = self.validate.item(message.item)
             except MmrecError as exc:
@@ -142,7 +158,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
     # ---------------------------------------------------------- RecordEvents
     @mapped_errors
-    async def RecordEvents(self, request_iterator: AsyncIterator[pb.Event],
+    async def RecordEvents(self, request_iterator: AsyncIterator[pb.Event | Malformed],
                            context: grpc.aio.ServicerContext) -> pb.RecordEventsResponse:
         """Fold a stream of events into profiles; report each refused event.
 
@@ -151,7 +167,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         stream is applied in batches. The bounded queue pushes back on a client
         that sends faster than profiles are written.
         """
-        queue: asyncio.Queue[tuple[int, pb.Event] | None] = asyncio.Queue(4 * EVENT_BATCH)
+        queue: asyncio.Queue[tuple[int, pb.Event | Malformed] | None] = asyncio.Queue(
+            4 * EVENT_BATCH)
 
         async def read() -> None:
             index = -1
@@ -193,11 +210,15 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                                        users_updated=len(users))
 
     @staticmethod
-    def _events(messages: list[tuple[int, pb.Event]], rejected: list[pb.RejectedEvent]
-                ) -> list[tuple[int, Event]]:
-        """Wire events as domain events; those with a bad tenant go to ``rejected``."""
+    def _events(messages: list[tuple[int, pb.Event | Malformed]],
+                rejected: list[pb.RejectedEvent]) -> list[tuple[int, Event]]:
+        """Wire events as domain events; undecodable ones and those with a bad tenant go to
+        ``rejected``."""
         batch = []
         for index, message in messages:
+            if isinstance(message, Malformed):
+                rejected.append(pb.RejectedEvent(index=index, reason=str(message)))
+                continue
             try:
                 tenant(message.tenant)
                 batch.append((index, convert.event_from_message(message)))
@@ -212,7 +233,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                         ) -> pb.RecommendResponse:
         """Validate a recommendation request and answer it from the user's history."""
         query = self.validate.recommend(request, context.time_remaining())
-        result = await self._run(context, self.engine.recommend, query)
+        result = await self._run(context, self.engine.recommend, query, lane=self._lane(query))
         return convert.recommend_response(result)
 
     # ------------------------------------------------------------- DeleteUser
@@ -235,5 +256,6 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
     def close(self) -> None:
         """Stop the worker threads (after in-flight calls finish)."""
-        self.pool.shutdown(wait=True)
+        self.plain.close()
+        self.llm.close()
 

@@ -21,9 +21,11 @@ from engine.domain import (
     MmrecError,
     ModelUnavailable,
     NotFound,
+    Overloaded,
     RemoteError,
     Unavailable,
 )
+from engine.service.wire import Malformed
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ STATUS_OF: dict[type[MmrecError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ModelUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -65,13 +68,17 @@ Handler = Callable[..., Awaitable[R]]
 def mapped_errors(handler: Handler[R]) -> Handler[R]:
     """Wrap an async RPC handler so domain errors become the right status and message.
 
-    Timeouts become DEADLINE_EXCEEDED; anything unexpected becomes INTERNAL
-    with a pointer to the server log (the traceback is logged, not sent).
+    A unary request whose bytes did not parse (:class:`~engine.service.wire.Malformed`)
+    is INVALID_ARGUMENT. Timeouts become DEADLINE_EXCEEDED; anything unexpected
+    becomes INTERNAL with a pointer to the server log (the traceback is logged,
+    not sent).
     """
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
+            if isinstance(request, Malformed):
+                raise InvalidInput(str(request))
             return await handler(self, request, context)
         except MmrecError as exc:
             await context.abort(status_code(exc), str(exc))

@@ -8,9 +8,12 @@ parameters); :meth:`RequestValidator.shared` checks them for both.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
+
+from google.protobuf import struct_pb2
 
 from engine.config import ServiceSettings
 from engine.domain import (
@@ -25,8 +28,6 @@ from engine.encoders.images import decode_image
 from engine.service import convert
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 
-MAX_BUDGET_MS = 60_000
-MAX_RERANK_TOP_K = 200
 MAX_CANDIDATES = 10_000
 
 
@@ -35,6 +36,22 @@ def tenant(value: str) -> str:
     if len(value) > MAX_TENANT_CHARS:
         raise InvalidInput(f"tenant is {len(value)} characters; the limit is {MAX_TENANT_CHARS}")
     return convert.tenant_of(value)
+
+
+def check_finite(attributes: struct_pb2.Struct, what: str) -> None:
+    """InvalidInput naming the first NaN or infinite number in ``attributes`` by its path."""
+    stack: list[tuple[str, struct_pb2.Value]] = [
+        (key, value) for key, value in attributes.fields.items()]
+    while stack:
+        path, value = stack.pop()
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            raise InvalidInput(f"{what}: attribute {path!r} is {value.number_value}; attribute "
+                               "numbers must be finite (send a string or leave it out)")
+        if kind == "struct_value":
+            stack += [(f"{path}.{k}", v) for k, v in value.struct_value.fields.items()]
+        elif kind == "list_value":
+            stack += [(f"{path}[{i}]", v) for i, v in enumerate(value.list_value.values)]
 
 
 def user_id(value: str, *, required: bool) -> str:
@@ -63,14 +80,13 @@ class RequestValidator:
         if request.top_k > s.max_top_k:
             raise InvalidInput(f"top_k {request.top_k} is out of range: ask for 1 to "
                                f"{s.max_top_k} results (0 means {s.default_top_k})")
-        if request.rerank_budget_ms > MAX_BUDGET_MS:
-            raise InvalidInput(f"rerank_budget_ms {request.rerank_budget_ms} is above "
-                               f"{MAX_BUDGET_MS}; set a deadline-sized budget")
-        if request.rerank_top_k > MAX_RERANK_TOP_K:
-            raise InvalidInput(f"rerank_top_k {request.rerank_top_k} is above {MAX_RERANK_TOP_K}")
-        if len(request.filter.exclude_ids) > s.max_ids_per_request:
-            raise InvalidInput(f"{len(request.filter.exclude_ids)} exclude_ids; the limit is "
-                               f"{s.max_ids_per_request}")
+        if request.rerank_budget_ms > s.max_rerank_budget_ms:
+            raise InvalidInput(f"rerank_budget_ms {request.rerank_budget_ms} is above this "
+                               f"server's limit of {s.max_rerank_budget_ms}; ask for less")
+        if request.rerank_top_k > s.max_rerank_top_k:
+            raise InvalidInput(f"rerank_top_k {request.rerank_top_k} is above this server's "
+                               f"limit of {s.max_rerank_top_k}")
+        self._filter_size(request.filter)
         hybrid = self._hybrid(request.hybrid)
         return dict(
             tenant=tenant(request.tenant), top_k=request.top_k or s.default_top_k,
@@ -80,15 +96,37 @@ class RequestValidator:
             deadline=None if time_remaining is None else time.monotonic() + time_remaining,
             **hybrid)
 
+    def _filter_size(self, message: pb.Filter) -> None:
+        """InvalidInput when a filter is larger than the limits (checked before it is read)."""
+        s = self.settings
+        conditions = len(message.must) + len(message.must_not)
+        if conditions > s.max_filter_conditions:
+            raise InvalidInput(f"the filter has {conditions} conditions; the limit is "
+                               f"{s.max_filter_conditions}: use `any_of` for a set of values")
+        for condition in (*message.must, *message.must_not):
+            if len(condition.any_of.values) > s.max_filter_values:
+                raise InvalidInput(f"filter on {condition.key!r}: {len(condition.any_of.values)}"
+                                   f" values in `any_of`; the limit is {s.max_filter_values}")
+        if len(message.exclude_ids) > s.max_ids_per_request:
+            raise InvalidInput(f"{len(message.exclude_ids)} exclude_ids; the limit is "
+                               f"{s.max_ids_per_request}")
+
     def _hybrid(self, hybrid: pb.HybridParams) -> dict[str, Any]:
         unknown = sorted(set(hybrid.channel_weights) - self.channels)
         if unknown:
+            hint = ("; a user's profile vector is searched through the content channel 'fused'"
+                    if "profile" in unknown else "")
             raise InvalidInput(f"unknown channel(s) {unknown} in channel_weights; this engine "
-                               f"has {sorted(self.channels)}")
-        if any(w < 0 for w in hybrid.channel_weights.values()):
-            raise InvalidInput("channel weights must be >= 0 (0 switches a channel off)")
+                               f"has {sorted(self.channels)}{hint}")
+        bad = {k: w for k, w in hybrid.channel_weights.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise InvalidInput(f"channel weights must be finite numbers >= 0 (0 switches a "
+                               f"channel off); got {bad}")
         if hybrid.candidates > MAX_CANDIDATES:
             raise InvalidInput(f"candidates {hybrid.candidates} is above {MAX_CANDIDATES}")
+        if hybrid.fusion not in convert.FUSIONS:
+            names = ", ".join(pb.Fusion.Name(f) for f in convert.FUSIONS)
+            raise InvalidInput(f"unknown fusion {hybrid.fusion}; use one of {names}")
         return dict(fusion=convert.FUSIONS[hybrid.fusion], rrf_k=hybrid.rrf_k,
                     weights=dict(hybrid.channel_weights), candidates=hybrid.candidates)
 
@@ -156,15 +194,18 @@ class RequestValidator:
                                f"{self.settings.max_ids_per_request}: split the request")
         if any(not i.strip() for i in ids):
             raise InvalidInput("`ids` contains an empty id")
-        return list(dict.fromkeys(ids))
+        return list(dict.fromkeys(i.strip() for i in ids))  # stripped, as items and events are
 
     def item(self, item: pb.Item) -> ItemInput:
-        """An item to index: an id, a tenant, and text or an image that decodes."""
+        """An item to index: an id (stripped, as everywhere), a tenant, finite attribute
+        numbers, and text or an image that decodes."""
         if not item.id.strip():
             raise InvalidInput("item has no `id`")
-        if len(item.id) > MAX_ID_CHARS:
+        if len(item.id.strip()) > MAX_ID_CHARS:
             raise InvalidInput(f"item id is {len(item.id)} characters; the limit is {MAX_ID_CHARS}")
         tenant(item.tenant)
+        if item.HasField("attributes"):
+            check_finite(item.attributes, f"item {item.id.strip()!r}")
         image = None
         if item.image:
             if len(item.image) > self.settings.max_image_bytes:

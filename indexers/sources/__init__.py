@@ -4,13 +4,15 @@ Bulk jobs read catalogs of millions of rows, some of them broken. Every reader
 here streams (memory stays flat whatever the catalog's size), numbers its rows
 with stable 1-based positions so a job can resume after a position, and turns a
 row it cannot parse into a :class:`SourceRow` with an error instead of stopping.
-Only a source that is unreadable as a whole (a CSV header that is not UTF-8, a
-truncated gzip stream, a file that is not Parquet) raises ``InvalidInput``.
+Only a source that is unreadable as a whole (a binary file, a CSV header that is
+not UTF-8, a truncated gzip stream, a file that is not Parquet) raises
+``InvalidInput``. A row above the row size limit is an error row, not parsed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from engine.domain import InvalidInput, NotFound
@@ -21,6 +23,7 @@ from indexers.sources.base import (
     FORMATS,
     IMAGE_SUFFIXES,
     MAX_RAW_CHARS,
+    MAX_ROW_BYTES,
     PARQUET_BATCH_ROWS,
     SUFFIX_FORMATS,
     CatalogSource,
@@ -35,6 +38,7 @@ __all__ = [
     "FORMATS",
     "IMAGE_SUFFIXES",
     "MAX_RAW_CHARS",
+    "MAX_ROW_BYTES",
     "PARQUET_BATCH_ROWS",
     "SUFFIX_FORMATS",
     "CatalogSource",
@@ -64,8 +68,15 @@ def detect_format(path: Path) -> str:
     return found
 
 
-def open_source(path: Path, *, format: str | None = None) -> CatalogSource:
-    """The reader for a catalog file or folder; ``format`` overrides the extension."""
+def open_source(path: Path, *, format: str | None = None, max_row_bytes: int = MAX_ROW_BYTES,
+                schema: Mapping[str, str] | None = None,
+                allow_outside_paths: bool = False) -> CatalogSource:
+    """The reader for a catalog file or folder; ``format`` overrides the extension.
+
+    ``max_row_bytes``: rows above it are error rows (text formats: never parsed).
+    ``schema``: forced CSV column types (``indexers.sources.cells``); CSV/TSV only.
+    ``allow_outside_paths``: a folder's captions may resolve outside it.
+    """
     if not path.exists():
         raise NotFound(f"catalog {path} does not exist")
     fmt = (format or detect_format(path)).lower()
@@ -75,14 +86,19 @@ def open_source(path: Path, *, format: str | None = None) -> CatalogSource:
         kind = "a folder" if path.is_dir() else "a file"
         raise InvalidInput(f"{path} is {kind}, which cannot be read as {fmt}; "
                            "pass a folder for 'folder' and a file for the other formats")
+    if schema and fmt not in ("csv", "tsv"):
+        raise InvalidInput(f"column types apply to CSV and TSV catalogs; {path} is read as {fmt}, "
+                           "which carries its own types")
     log.info("reading %s as %s", path, fmt)
     if fmt == "folder":
-        return FolderSource(path)
+        return FolderSource(path, max_row_bytes=max_row_bytes,
+                            allow_outside_paths=allow_outside_paths)
     if fmt == "parquet":
-        return ParquetSource(path)
+        return ParquetSource(path, max_row_bytes)
     if fmt in ("csv", "tsv"):
-        return CsvSource(path, delimiter="\t" if fmt == "tsv" else ",")
-    source = JsonlSource(path)
+        return CsvSource(path, delimiter="\t" if fmt == "tsv" else ",",
+                         max_row_bytes=max_row_bytes, schema=schema)
+    source = JsonlSource(path, max_row_bytes)
     _refuse_json_array(source)
     return source
 

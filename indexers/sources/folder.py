@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.domain import MmrecError
+from indexers.localfiles import read_local_file
 from indexers.sources.base import (
     CAPTION_SUFFIXES,
     IMAGE_SUFFIXES,
+    MAX_ROW_BYTES,
     SourceRow,
     bad_row,
+    check_row_limit,
     check_start,
     good_row,
 )
@@ -36,13 +40,20 @@ class FolderSource:
 
     Position = ordinal of the image in the sorted list of ids (relative path without
     extension); hidden files and folders are ignored, and so are captions without an image.
+    A caption is read as the job reads images (``indexers.localfiles``): a regular file of
+    at most ``max_row_bytes``, inside the folder unless ``allow_outside_paths`` (a symlink
+    that leads out is refused), so its row is dead-lettered instead.
     """
 
     format = "folder"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_row_bytes: int = MAX_ROW_BYTES,
+                 allow_outside_paths: bool = False) -> None:
+        check_row_limit(max_row_bytes)
         self.path = path.absolute()
         self.base_dir = self.path
+        self.max_row_bytes = max_row_bytes
+        self.allow_outside_paths = allow_outside_paths
 
     def _scan(self, warn: bool = False) -> tuple[list[tuple[str, _Entry]], int, int]:
         """Entries sorted by id, plus the newest mtime and total size of everything walked."""
@@ -94,13 +105,16 @@ class FolderSource:
 
     def _merge_caption(self, caption: str, fields: dict[str, Any]) -> str:
         """Add a sidecar's title, text and attributes to ``fields``; the error, or ""."""
+        root = None if self.allow_outside_paths else self.path
         try:
-            text = (self.path / caption).read_bytes().decode("utf-8-sig")
+            data = read_local_file(self.path / caption, what="caption", root=root,
+                                   max_bytes=self.max_row_bytes, flag="--max-row-bytes")
+            text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             return (f"caption {caption} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} "
                     f"at byte {exc.start + 1}); save it as UTF-8")
-        except OSError as exc:
-            return f"caption {caption} cannot be read: {exc}"
+        except MmrecError as exc:
+            return str(exc)
         if caption.endswith(".txt"):
             title, _, body = text.strip().partition("\n")
             fields.update({k: v.strip() for k, v in (("title", title), ("text", body))
@@ -120,6 +134,8 @@ class FolderSource:
         return len(self._scan()[0])
 
     def fingerprint(self) -> str:
-        """Absolute path, entry count, newest mtime and total size of the files read."""
+        """Absolute path, entry count, newest mtime and total size of the files read, and the
+        limits that decide which captions are read."""
         entries, newest, total = self._scan()
-        return f"{self.path}|entries={len(entries)}|newest_ns={newest}|size={total}"
+        return (f"{self.path}|entries={len(entries)}|newest_ns={newest}|size={total}"
+                f"|max_row_bytes={self.max_row_bytes}|outside={self.allow_outside_paths}")

@@ -15,12 +15,14 @@ import pyarrow.parquet as pq
 
 from engine.domain import InvalidInput
 from indexers.sources.base import (
+    MAX_ROW_BYTES,
     PARQUET_BATCH_ROWS,
     CatalogFile,
     SourceRow,
     bad_row,
     check_start,
     good_row,
+    oversize_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -47,13 +49,14 @@ class ParquetSource(CatalogFile):
     """Parquet: position = row index + 1; resuming skips whole row groups unread.
 
     A row group that cannot be decoded yields one error row per row it holds, and the
-    job goes on with the next group.
+    job goes on with the next group. A row whose JSON form is above ``max_row_bytes`` is
+    an error row too, as in the text formats (Arrow has decoded it, batch by batch).
     """
 
     format = "parquet"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, max_row_bytes: int = MAX_ROW_BYTES) -> None:
+        super().__init__(path, max_row_bytes)
         self._open().close()  # refuse a file that is not Parquet now, not mid-job
 
     def _open(self) -> pq.ParquetFile:
@@ -83,7 +86,9 @@ class ParquetSource(CatalogFile):
                 for position, row in enumerate(rows, start=done + skip + 1):
                     fields = {k: _plain(v) for k, v in row.items() if v is not None}
                     raw = json.dumps(fields, default=str, ensure_ascii=False)
-                    yield good_row(position, raw, fields)
+                    size = len(raw.encode())
+                    yield good_row(position, raw, fields) if size <= self.max_row_bytes else \
+                        bad_row(position, raw, oversize_reason(size, self.max_row_bytes))
                 done += batch.num_rows
         except (pa.ArrowException, OSError) as exc:
             reason = (f"row group {group + 1} of the Parquet file could not be read "
