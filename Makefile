@@ -18,12 +18,12 @@ MODELS_DIR ?= $(or $(MMREC_RERANK__MODELS_DIR),$(or $(filter /%,$(XDG_CACHE_HOME
 SMOLLM2 := $(MODELS_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA3 := $(MODELS_DIR)/gemma3-270m/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: demo test install data models protos lint clean
+.PHONY: demo test install data models tools protos lint clean
 
 demo: install data models  ## index the demo data, serve it, query it over gRPC
 	$(VENV)/bin/mmrec demo
 
-test: install models  ## lint, check stubs, imports and types, run the tests (the real SmolLM2 test needs models)
+test: install models tools  ## lint, check stubs, imports and types, run the tests (the real SmolLM2 test needs models)
 	$(PY) protos/generate.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
@@ -31,6 +31,13 @@ test: install models  ## lint, check stubs, imports and types, run the tests (th
 	$(VENV)/bin/pytest -q
 
 install: $(STAMP)
+
+# Debian's docker-compose parses docker/compose.yaml for tests/test_deploy.py (no daemon needed).
+tools:
+	@command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
+		|| apt-get install -y -qq docker-compose >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq docker-compose; } >/dev/null 2>&1 \
+		|| echo "docker-compose is not installable here: the compose topology test will skip"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -15,9 +15,17 @@ into messages and back, the same code the service uses, so both ends agree.
 Errors arrive as ``engine.domain`` exceptions carrying the server's message and,
 in ``status``, its gRPC status name: INVALID_ARGUMENT is ``InvalidInput``,
 NOT_FOUND ``NotFound``, FAILED_PRECONDITION ``FailedPrecondition``, UNAVAILABLE
-(the service is down or unreachable) ``Unavailable``, any other status
-``RemoteError``. A fusion or strategy name the contract does not know raises
+(the service is down or unreachable) ``Unavailable``, UNAUTHENTICATED
+``Unauthenticated`` (no key, or not a valid one), PERMISSION_DENIED
+``PermissionDenied`` (the key's role or tenants do not cover the call), any other
+status ``RemoteError``. A fusion or strategy name the contract does not know raises
 ``InvalidInput`` before any call is made.
+
+A service with auth on wants an API key (``mmrec keys create``) on every call:
+``MmrecClient(target, api_key=KEY)`` sends it as ``authorization: Bearer KEY``. TLS:
+``root_certificates`` (PEM bytes or a file) trusts a server certificate, ``tls=True``
+the system's roots; ``private_key`` and ``certificate_chain`` are the client's own for
+mTLS.
 """
 
 from __future__ import annotations
@@ -70,13 +78,17 @@ class EventReport:
 class _DomainErrors:
     """The generated stub, with each call's ``grpc.RpcError`` raised as its domain error."""
 
-    def __init__(self, stub: pb_grpc.RecommenderStub) -> None:
+    def __init__(self, stub: pb_grpc.RecommenderStub,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self._stub = stub
+        self._metadata = metadata
 
     def __getattr__(self, rpc: str) -> Callable[..., Any]:
         method = getattr(self._stub, rpc)
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            if self._metadata:
+                kwargs.setdefault("metadata", self._metadata)
             try:
                 return method(*args, **kwargs)
             except grpc.RpcError as exc:
@@ -90,14 +102,25 @@ class _DomainErrors:
 class MmrecClient:
     """Blocking client over one channel; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, target: str, *, timeout: float | None = 30.0) -> None:
+    def __init__(self, target: str, *, timeout: float | None = 30.0, api_key: str | None = None,
+                 root_certificates: bytes | Path | None = None, tls: bool = False,
+                 private_key: bytes | Path | None = None,
+                 certificate_chain: bytes | Path | None = None) -> None:
+        """Open a channel to ``target`` (host:port); TLS when ``tls`` or any PEM is given."""
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=[
+        options = [
             ("grpc.max_send_message_length", 32 * 1024 * 1024),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ])
-        self._stub = _DomainErrors(pb_grpc.RecommenderStub(self._channel))
+        ]
+        pems = [_pem(p) for p in (root_certificates, private_key, certificate_chain)]
+        if tls or any(pem is not None for pem in pems):
+            credentials = grpc.ssl_channel_credentials(*pems)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        metadata = (("authorization", f"Bearer {api_key.strip()}"),) if api_key else ()
+        self._stub = _DomainErrors(pb_grpc.RecommenderStub(self._channel), metadata)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -229,6 +252,11 @@ class MmrecClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _pem(value: bytes | Path | None) -> bytes | None:
+    """PEM bytes given directly or as a file."""
+    return value.read_bytes() if isinstance(value, Path) else value
 
 
 def _set_shared(message: pb.SearchRequest | pb.RecommendRequest, *, filter: ItemFilter | None,

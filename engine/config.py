@@ -8,11 +8,12 @@ resulting :class:`EngineConfig` is passed down explicitly.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -162,6 +163,12 @@ class StoreSettings(BaseModel):
     url: str | None = Field(None, description="Qdrant server URL; unset means the embedded store.")
     api_key: str | None = None
     collection: str = "mmrec_items"
+    shard_number: int | None = Field(
+        None, ge=1, description="Shards of a collection mmrec creates on a Qdrant server "
+        "(unset: the server's default); spread over the cluster's nodes.")
+    replication_factor: int | None = Field(
+        None, ge=1, description="Copies of each shard on a Qdrant cluster (unset: the "
+        "server's default, 1); 2 keeps serving when a node is lost.")
     hnsw_ef: int = Field(128, ge=4)
     optimize_after: int = Field(
         5000, ge=1,
@@ -195,6 +202,51 @@ class ServiceSettings(BaseModel):
         64, ge=1, description="Conditions in one filter (must + must_not).")
     max_filter_values: int = Field(1024, ge=1, description="Values in one `any_of` condition.")
     grace_seconds: float = Field(5.0, ge=0.0, description="Drain time on SIGTERM.")
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+"""Host names that mean the loopback interface (besides any loopback IP address)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` listens only on this machine: a loopback address (127.0.0.0/8,
+    ::1, with or without brackets) or a loopback name. Empty, 0.0.0.0, [::] and every other
+    address or name are reachable from outside, so they are not."""
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class AuthSettings(BaseModel):
+    """API keys, TLS and mTLS of the gRPC service (see README, Authentication)."""
+
+    enabled: bool | None = Field(
+        None, description="Require an API key on every RPC but health and reflection. Unset "
+        "(auto): on whenever `service.host` is not loopback, so a service reachable from "
+        "other machines never answers without a key unless this is set to false.")
+    key_file: Path | None = Field(
+        None, description="The hashed API keys `mmrec keys` writes and the service reads "
+        "(re-read when it changes); unset: <store.data_dir>/keys.json.")
+    tls_cert: Path | None = Field(None, description="PEM server certificate (chain); with "
+                                  "`tls_key`, the service listens with TLS only.")
+    tls_key: Path | None = Field(None, description="PEM private key of `tls_cert`.")
+    client_ca: Path | None = Field(
+        None, description="PEM CA certificates; set: every client must present a "
+        "certificate they signed (mTLS). Needs `tls_cert` and `tls_key`.")
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> AuthSettings:
+        """A certificate without its key (or the reverse), or a client CA without TLS, would
+        silently serve in plaintext: refuse the configuration instead."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("auth.tls_cert and auth.tls_key go together: set both or neither")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("auth.client_ca (mTLS) needs auth.tls_cert and auth.tls_key")
+        return self
 
 
 class ProfileSettings(BaseModel):
@@ -298,6 +350,7 @@ class EngineConfig(BaseSettings):
     behaviour: BehaviourSettings = BehaviourSettings()
     store: StoreSettings = StoreSettings()
     service: ServiceSettings = ServiceSettings()
+    auth: AuthSettings = AuthSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -318,6 +371,17 @@ class EngineConfig(BaseSettings):
     def behaviour_path(self) -> Path:
         """Where ``mmrec train-seq`` writes the behaviour models and the engine looks for them."""
         return self.behaviour.path or Path(self.store.data_dir) / "models" / "sequential"
+
+    def auth_enabled(self) -> bool:
+        """Whether the service requires API keys: ``auth.enabled`` when set, else on exactly
+        when ``service.host`` is not loopback (:func:`is_loopback`)."""
+        if self.auth.enabled is not None:
+            return self.auth.enabled
+        return not is_loopback(self.service.host)
+
+    def key_path(self) -> Path:
+        """The API key file ``mmrec keys`` writes and the service reads."""
+        return self.auth.key_file or Path(self.store.data_dir) / "keys.json"
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> EngineConfig:

@@ -45,6 +45,12 @@ def index(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Store directory.")] = None,
     service: Annotated[str | None, typer.Option(
         help="Write through a running service (host:port) instead of the data dir.")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="MMREC_API_KEY", show_default=False,
+        help="With --service: a write key for the items' tenants (auth on).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        "--tls-ca", exists=True, dir_okay=False,
+        help="With --service: PEM certificate(s) to trust (TLS).")] = None,
     source_format: Annotated[str | None, typer.Option(
         "--format", help="jsonl, csv, parquet or folder; default: from the name.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Items per encoder batch.")] = 64,
@@ -103,7 +109,7 @@ def index(
             options=JobOptions(batch_size=batch_size, workers=workers, restart=restart,
                                checkpoint_seconds=checkpoint_seconds, progress=progress),
             dead_letter=dead_letter, checkpoint_dir=checkpoint_dir,
-            max_row_bytes=max_row_bytes, schema=schema)
+            max_row_bytes=max_row_bytes, schema=schema, api_key=api_key, tls_ca=tls_ca)
     except (MmrecError, OSError) as exc:
         log.debug("the index job failed", exc_info=True)
         errors.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)

@@ -18,15 +18,18 @@ from indexers.targets import ServiceTarget, StoreTarget, Target
 
 @contextlib.contextmanager
 def open_target(config: EngineConfig, fetch: FetchOptions, service: str | None,
-                engine: Engine | None = None) -> Iterator[Target]:
+                engine: Engine | None = None, *, api_key: str | None = None,
+                tls_ca: Path | None = None) -> Iterator[Target]:
     """The job's destination: a running service when ``service`` is an address, else the store.
 
     With the store target the job owns the data dir (an EdgeStore is locked by
     one process), so no service may hold it meanwhile; ``engine`` may be passed
-    to reuse one already loaded.
+    to reuse one already loaded. ``api_key`` and ``tls_ca`` reach a service with auth on
+    (a write key for the items' tenants) and TLS.
     """
     if service:
-        with MmrecClient(service, timeout=600) as client:
+        with MmrecClient(service, timeout=600, api_key=api_key,
+                         root_certificates=tls_ca) as client:
             client.wait_ready(timeout=60)
             yield ServiceTarget(client, fetch)
         return
@@ -52,6 +55,8 @@ def run_index_job(
     engine: Engine | None = None,
     max_row_bytes: int = MAX_ROW_BYTES,
     schema: Mapping[str, str] | None = None,
+    api_key: str | None = None,
+    tls_ca: Path | None = None,
 ) -> JobSummary:
     """Index ``source_path`` into the configured store (or a service) and return the summary.
 
@@ -67,7 +72,7 @@ def run_index_job(
                          schema=schema, allow_outside_paths=fetch.allow_outside_paths)
     jobs = checkpoint_dir or (Path(".mmrec/jobs") if service else config.store.data_dir / "jobs")
     checkpoint_file, default_letters = job_files(jobs, source.path)
-    with open_target(config, fetch, service, engine) as target:
+    with open_target(config, fetch, service, engine, api_key=api_key, tls_ca=tls_ca) as target:
         job = IndexJob(source, target, checkpoint_file=checkpoint_file,
                        dead_letter=dead_letter or default_letters, options=options)
         return job.run()

@@ -1,4 +1,4 @@
-"""The `mmrec` command line: serve, index, search, info and the demo."""
+"""The `mmrec` command line: serve, index, search, info, keys and the demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from engine.cli.keys import keys_app
 from engine.cli.render import print_info, print_results
 from engine.config import EngineConfig
 from engine.domain import MmrecError
@@ -25,6 +26,12 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML con
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Store directory.")]
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Service address host:port.",
                                         envvar="MMREC_TARGET")]
+ApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", envvar="MMREC_API_KEY", show_default=False,
+    help="API key for a service with auth on (`mmrec keys create`).")]
+TlsCaOpt = Annotated[Path | None, typer.Option(
+    "--tls-ca", exists=True, dir_okay=False,
+    help="PEM certificate(s) to trust for a service with TLS (auth.tls_cert).")]
 DEFAULT_TARGET = "127.0.0.1:50051"
 
 
@@ -56,6 +63,7 @@ def serve(
 
 
 app.command("index")(index_catalog)
+app.add_typer(keys_app, name="keys")
 
 
 @app.command("train-seq")
@@ -169,13 +177,15 @@ def search(
         "--rerank/--no-rerank", help="LLM re-ranking; default: the server's setting.")] = None,
     budget_ms: Annotated[int, typer.Option(min=0, help="Re-rank budget; 0: server default.")] = 0,
     target: TargetOpt = DEFAULT_TARGET,
+    api_key: ApiKeyOpt = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
     """Search a running service by text, image or both and print the results."""
     from engine.client import MmrecClient
 
     if not text and image is None:
         raise typer.BadParameter("give a TEXT query, --image PATH, or both")
-    with MmrecClient(target) as client:
+    with MmrecClient(target, api_key=api_key, root_certificates=tls_ca) as client:
         try:
             result = client.search(text=text, image=image, top_k=top_k, tenant=tenant,
                                    explain=explain, explain_reason=reason, rerank=rerank,
@@ -187,11 +197,12 @@ def search(
 
 
 @app.command()
-def info(target: TargetOpt = DEFAULT_TARGET) -> None:
+def info(target: TargetOpt = DEFAULT_TARGET, api_key: ApiKeyOpt = None,
+         tls_ca: TlsCaOpt = None) -> None:
     """Show a running service's models, channels and item count."""
     from engine.client import MmrecClient
 
-    with MmrecClient(target) as client:
+    with MmrecClient(target, api_key=api_key, root_certificates=tls_ca) as client:
         try:
             details = client.info()
         except MmrecError as exc:

@@ -43,6 +43,8 @@ TEXT_QUERIES = [
     "musical instrument",
 ]
 DEMO_USER, VISITOR = "ml-user-1", "demo-visitor"
+LOOPBACK = "127.0.0.1"
+"""Where the demo's service listens: loopback, so it needs no API keys."""
 DEMO_REPLAY_USERS = 150
 """Users whose ratings the demo replays over RecordEvents: 14,949 events in ~6 s on 2 cores
 (~2,400 events/s, each event rewriting its user); all 943 users' 100k would take ~45 s."""
@@ -97,6 +99,11 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
     console = Console()
     if not console.is_terminal:  # piped output: wide enough for the explanation column
         console = Console(width=140)
+    if _on_loopback(config).auth_enabled():
+        console.print("[red]auth.enabled is true[/] in the configuration or MMREC_AUTH__ENABLED, "
+                      "but the demo serves on loopback without API keys: unset it to run the "
+                      "demo")
+        return 1
     catalog = build_catalog(datasets, config.store.data_dir.parent / "demo-catalog.jsonl",
                             console)
     if catalog is None:
@@ -122,13 +129,15 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
 
     console.rule("2. serve")
     command = [sys.executable, "-m", "engine", "serve", "--data-dir", str(config.store.data_dir),
-               "--port", str(port)]
+               "--host", LOOPBACK, "--port", str(port)]
     if config_file is not None:
         command += ["--config", str(config_file)]
     console.print(" ".join(command))
+    console.print(f"auth is off: the demo binds to loopback ({LOOPBACK}); a service bound to "
+                  "any other address requires API keys (`mmrec keys create`)")
     server = subprocess.Popen(command)
     try:
-        with MmrecClient(f"127.0.0.1:{port}", timeout=60) as client:
+        with MmrecClient(f"{LOOPBACK}:{port}", timeout=60) as client:
             started = time.perf_counter()
             client.wait_ready(timeout=180)
             console.print(f"service ready in {time.perf_counter() - started:.1f} s")
@@ -147,6 +156,12 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
         code = server.wait(timeout=60)
     console.print(f"service stopped (exit code {code})")
     return 0 if code == 0 else 1
+
+
+def _on_loopback(config: EngineConfig) -> EngineConfig:
+    """``config`` as the demo's service runs it: bound to loopback."""
+    service = config.service.model_copy(update={"host": LOOPBACK})
+    return config.model_copy(update={"service": service})
 
 
 def _text_queries(client: MmrecClient, console: Console, llm_loaded: bool) -> None:

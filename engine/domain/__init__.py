@@ -12,8 +12,10 @@ from engine.domain.errors import (
     ModelUnavailable,
     NotFound,
     Overloaded,
+    PermissionDenied,
     RemoteError,
     SchemaMismatch,
+    Unauthenticated,
     Unavailable,
 )
 from engine.domain.events import Erasure, Event
@@ -101,6 +103,7 @@ __all__ = [
     "ModelUnavailable",
     "NotFound",
     "Overloaded",
+    "PermissionDenied",
     "Range",
     "RankedItem",
     "RecommendRequest",
@@ -113,6 +116,7 @@ __all__ = [
     "SearchResult",
     "SparseVector",
     "StoredItem",
+    "Unauthenticated",
     "Unavailable",
     "point_id",
 ]

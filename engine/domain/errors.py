@@ -41,6 +41,17 @@ class Overloaded(MmrecError):
     off (maps to RESOURCE_EXHAUSTED)."""
 
 
+class Unauthenticated(MmrecError):
+    """The call carries no API key, or one the server does not know (unknown, revoked,
+    mistyped); maps to UNAUTHENTICATED. The message says how to send a key and make one."""
+
+
+class PermissionDenied(MmrecError):
+    """The API key is valid but does not cover the call: its role is below the one the RPC
+    needs, or the request's tenant is not one of the key's (maps to PERMISSION_DENIED). The
+    message names the role or tenant needed, never the key."""
+
+
 class ModelUnavailable(MmrecError):
     """Model weights cannot be loaded (missing offline, bad file, unknown name).
 

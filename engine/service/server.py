@@ -1,4 +1,11 @@
-"""Starting and stopping the gRPC server: health, reflection, graceful SIGTERM."""
+"""Starting and stopping the gRPC server: health, reflection, API keys, TLS, graceful SIGTERM.
+
+Auth (:mod:`engine.service.auth`) is on when ``auth.enabled`` says so, or by default when
+the service binds anything but loopback. A server with auth on and no key yet still starts:
+it answers health checks, every other call is UNAUTHENTICATED with how to make a key, and a
+key made with ``mmrec keys create`` counts at the next call, so an orchestrator can start
+the service before anyone holds a key and nothing is served unauthenticated meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from engine.config import EngineConfig
 from engine.runtime.engine import Engine
 from engine.service import wire
+from engine.service.auth import ApiKeyInterceptor, log_auth_state, server_credentials
+from engine.service.keys import KeyFile
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.service.servicer import RecommenderService
 
@@ -43,14 +52,21 @@ class RunningServer:
 
 async def start_server(engine: Engine, config: EngineConfig, *, port: int | None = None
                        ) -> RunningServer:
-    """Start serving ``engine`` on ``config.service.host``; ``port=0`` picks a free port."""
+    """Start serving ``engine`` on ``config.service.host``; ``port=0`` picks a free port.
+
+    With auth on, an :class:`ApiKeyInterceptor` over the key file checks every call; with
+    ``auth.tls_cert`` set, the port speaks TLS only (mTLS with ``auth.client_ca``).
+    """
     settings = config.service
     max_bytes = settings.max_image_bytes + 1024 * 1024
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", max_bytes),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ])
-    service = RecommenderService(engine, settings)
+    keys = KeyFile(config.key_path()) if config.auth_enabled() else None
+    server = grpc.aio.server(
+        interceptors=[ApiKeyInterceptor(keys)] if keys is not None else None,
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ])
+    service = RecommenderService(engine, settings, auth=keys is not None)
     wire.add_to_server(service, server)  # undecodable bytes: INVALID_ARGUMENT, not UNKNOWN
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -60,13 +76,18 @@ async def start_server(engine: Engine, config: EngineConfig, *, port: int | None
         server,
     )
     address = f"{settings.host}:{settings.port if port is None else port}"
-    bound = server.add_insecure_port(address)
+    credentials = server_credentials(config.auth)
+    bound = (server.add_insecure_port(address) if credentials is None
+             else server.add_secure_port(address, credentials))
     if bound == 0:
         raise OSError(f"cannot listen on {address}: is the port in use?")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("mmrec serving %s on %s:%d", SERVICE_NAME, settings.host, bound)
+    log.info("mmrec serving %s on %s:%d (%s)", SERVICE_NAME, settings.host, bound,
+             "plaintext" if credentials is None else
+             "TLS, client certificates required" if config.auth.client_ca else "TLS")
+    log_auth_state(config, keys)
     return RunningServer(server=server, port=bound, health=health_servicer, service=service)
 
 

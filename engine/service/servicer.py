@@ -2,7 +2,10 @@
 
 Blocking work (encoders, store) runs on a bounded thread pool so the event
 loop keeps answering health checks, and every call is bounded by the
-request's deadline.
+request's deadline. With auth on, :class:`~engine.service.auth.ApiKeyInterceptor` has
+checked the caller's key and role before a handler runs; the handlers check each request's
+tenant against the key's (a unary call for another tenant is PERMISSION_DENIED, a streamed
+message for one is rejected by index).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from engine.domain import (
 )
 from engine.runtime import Engine
 from engine.service import convert
+from engine.service.auth import caller, require_tenant, tenant_view
+from engine.service.keys import Principal
 from engine.service.lanes import Lane
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -42,9 +47,12 @@ EVENT_BATCH = 256
 class RecommenderService(pb_grpc.RecommenderServicer):
     """gRPC front of an :class:`Engine`."""
 
-    def __init__(self, engine: Engine, settings: ServiceSettings) -> None:
+    def __init__(self, engine: Engine, settings: ServiceSettings, *, auth: bool = False
+                 ) -> None:
         self.engine = engine
         self.settings = settings
+        self.auth = auth
+        """Whether calls must carry a key (then each request's tenant is checked against it)."""
         self.validate = RequestValidator(settings, {*engine.schema.dense, *engine.schema.sparse})
         self.plain = Lane("plain", settings.workers, settings.max_queued)
         self.llm = Lane("LLM", settings.llm_workers, settings.max_queued)
@@ -56,6 +64,11 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         within the request's deadline."""
         return await (lane or self.plain).run(fn, *args, timeout=context.time_remaining())
 
+    def _scope(self, value: str) -> str:
+        """The tenant a unary request names (empty: the default), when the caller may use it:
+        PermissionDenied names the tenant otherwise."""
+        return require_tenant(caller(self.auth), tenant(value))
+
     def _lane(self, query: SearchRequest | RecommendRequest) -> Lane:
         """The LLM lane for a request that will use the LLM, else the plain one."""
         rerank = self.engine.config.rerank.enabled if query.rerank is None else query.rerank
@@ -66,6 +79,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext
                      ) -> pb.SearchResponse:
         """Validate a search, encode the query and return the nearest items."""
+        self._scope(request.tenant)
         query = self.validate.search(request, context.time_remaining())
         result = await self._run(context, self.engine.search, query, lane=self._lane(query))
         return convert.search_response(result)
@@ -80,6 +94,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         Reading pauses while a batch is encoded, so gRPC flow control pushes
         back on a fast client instead of buffering the stream in memory.
         """
+        principal = caller(self.auth)
         upserted = 0
         rejected: list[pb.RejectedItem] = []
         batch: dict[str, tuple[int, ItemInput]] = {}
@@ -90,6 +105,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 rejected.append(pb.RejectedItem(index=index, reason=str(message)))
                 continue
             try:
+                require_tenant(principal, tenant(message.item.tenant))
                 item = self.validate.item(message.item)
             except MmrecError as exc:
                 rejected.append(pb.RejectedItem(index=index, id=message.item.id, reason=str(exc)))
@@ -133,15 +149,16 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def GetItems(self, request: pb.GetItemsRequest, context: grpc.aio.ServicerContext
                        ) -> pb.GetItemsResponse:
         """The items asked for, in order; NOT_FOUND names any id that does not exist."""
+        scope = self._scope(request.tenant)
         ids = self.validate.ids(request.ids)
-        records = await self._run(context, self.engine.get, ids, tenant(request.tenant))
+        records = await self._run(context, self.engine.get, ids, scope)
         found = {r.id for r in records}
         missing = [i for i in ids if i not in found]
         if missing:
             shown = ", ".join(repr(i) for i in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
             raise NotFound(f"{len(missing)} unknown item id(s) in tenant "
-                           f"{tenant(request.tenant)!r}: {shown}{more}")
+                           f"{scope!r}: {shown}{more}")
         by_id = {r.id: r for r in records}
         return pb.GetItemsResponse(items=[convert.record_to_item(by_id[i]) for i in ids])
 
@@ -149,8 +166,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def DeleteItems(self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext
                           ) -> pb.DeleteItemsResponse:
         """Delete items; unknown ids are listed, so retrying a delete is safe."""
+        scope = self._scope(request.tenant)
         ids = self.validate.ids(request.ids)
-        scope = tenant(request.tenant)
         existing = {r.id for r in await self._run(context, self.engine.get, ids, scope)}
         deleted = await self._run(context, self.engine.delete, sorted(existing), scope)
         return pb.DeleteItemsResponse(deleted=deleted,
@@ -179,6 +196,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             finally:  # a broken stream ends the call; what arrived is recorded
                 await queue.put(None)
 
+        principal = caller(self.auth)
         reader = asyncio.create_task(read())
         recorded = 0
         users: set[tuple[str, str]] = set()
@@ -190,7 +208,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
                 while not queue.empty() and len(messages) < EVENT_BATCH:
                     messages.append(queue.get_nowait())
                 finished = messages[-1] is None
-                batch = self._events([m for m in messages if m is not None], rejected)
+                batch = self._events([m for m in messages if m is not None], rejected,
+                                     principal)
                 if batch:
                     outcome = await self._run(context, self.engine.record_events,
                                               [event for _, event in batch])
@@ -211,16 +230,17 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
     @staticmethod
     def _events(messages: list[tuple[int, pb.Event | Malformed]],
-                rejected: list[pb.RejectedEvent]) -> list[tuple[int, Event]]:
-        """Wire events as domain events; undecodable ones and those with a bad tenant go to
-        ``rejected``."""
+                rejected: list[pb.RejectedEvent], principal: Principal | None
+                ) -> list[tuple[int, Event]]:
+        """Wire events as domain events; undecodable ones and those with a bad tenant, or one
+        the caller's key does not cover, go to ``rejected``."""
         batch = []
         for index, message in messages:
             if isinstance(message, Malformed):
                 rejected.append(pb.RejectedEvent(index=index, reason=str(message)))
                 continue
             try:
-                tenant(message.tenant)
+                require_tenant(principal, tenant(message.tenant))
                 batch.append((index, convert.event_from_message(message)))
             except MmrecError as exc:
                 rejected.append(pb.RejectedEvent(index=index, user_id=message.user_id,
@@ -232,6 +252,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
                         ) -> pb.RecommendResponse:
         """Validate a recommendation request and answer it from the user's history."""
+        self._scope(request.tenant)
         query = self.validate.recommend(request, context.time_remaining())
         result = await self._run(context, self.engine.recommend, query, lane=self._lane(query))
         return convert.recommend_response(result)
@@ -241,18 +262,31 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     async def DeleteUser(self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
                          ) -> pb.DeleteUserResponse:
         """Erase a user; idempotent (a second call removes nothing and says so)."""
+        scope = self._scope(request.tenant)
         erasure = await self._run(context, self.engine.delete_user,
-                                  user_id(request.user_id, required=True),
-                                  tenant(request.tenant))
+                                  user_id(request.user_id, required=True), scope)
         return convert.erasure_response(erasure)
 
     # ---------------------------------------------------------------- GetInfo
     @mapped_errors
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
                       ) -> pb.GetInfoResponse:
-        """Models, channels, item count and device."""
+        """Models, channels, item count and device.
+
+        With auth on, the count covers the key's tenants only and nothing names a path on
+        the server (:func:`~engine.service.auth.tenant_view`).
+        """
+        principal = caller(self.auth)
         info = await self._run(context, self.engine.info)
+        if principal is not None:
+            count = await self._run(context, self._item_count, principal.tenants)
+            kind = "qdrant server" if self.engine.config.store.url else "qdrant-edge shard"
+            info = tenant_view(info, count, kind)
         return convert.info_response(info)
+
+    def _item_count(self, tenants: frozenset[str]) -> int:
+        """Items stored for ``tenants``, all together."""
+        return sum(self.engine.store.count(name) for name in tenants)
 
     def close(self) -> None:
         """Stop the worker threads (after in-flight calls finish)."""

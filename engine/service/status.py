@@ -22,7 +22,9 @@ from engine.domain import (
     ModelUnavailable,
     NotFound,
     Overloaded,
+    PermissionDenied,
     RemoteError,
+    Unauthenticated,
     Unavailable,
 )
 from engine.service.wire import Malformed
@@ -36,6 +38,8 @@ STATUS_OF: dict[type[MmrecError], grpc.StatusCode] = {
     ModelUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

@@ -51,6 +51,7 @@ def open_store(settings: StoreSettings, schema: VectorSchema) -> VectorStore:
         collection=settings.collection,
         api_key=settings.api_key,
         hnsw_ef=settings.hnsw_ef,
+        placement=placement(settings),
     )
 
 
@@ -65,5 +66,11 @@ def open_user_store(settings: StoreSettings, dims: Mapping[str, int]) -> UserSto
         return EdgeUserStore(settings.data_dir / USERS_DIR, dims)
     return ServerUserStore(
         settings.url, dims, collection=users_collection(settings.collection),
-        api_key=settings.api_key,
+        api_key=settings.api_key, placement=placement(settings),
     )
+
+
+def placement(settings: StoreSettings) -> dict[str, int]:
+    """The shard count and replication factor set for collections mmrec creates on a server."""
+    return {key: value for key in ("shard_number", "replication_factor")
+            if (value := getattr(settings, key)) is not None}

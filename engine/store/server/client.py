@@ -63,6 +63,9 @@ class ServerCollection(StoreLifecycle):
     """
 
     _collection: str
+    _placement: dict[str, int]
+    """``shard_number`` and ``replication_factor`` for a collection this store creates (the
+    ones set; the server's defaults otherwise). An existing collection keeps its own."""
     _kind = "collection"
     """What the collection holds, for messages: "collection", "users collection"."""
 

@@ -110,9 +110,11 @@ class ServerStore(ServerCollection, VectorStore):
         collection: str = "mmrec_items",
         api_key: str | None = None,
         hnsw_ef: int = 128,
+        placement: dict[str, int] | None = None,
     ) -> None:
         self.schema = schema
         self._collection = collection
+        self._placement = dict(placement or {})
         self._hnsw_ef = hnsw_ef
         self._write_lock = threading.Lock()  # read-modify-writes of this process
         self._open(url_or_client, api_key)
@@ -147,6 +149,8 @@ class ServerStore(ServerCollection, VectorStore):
                 for name in self.schema.sparse
             },
             metadata={ANALYSERS_KEY: dict(self.schema.analysers)},
+            shard_number=self._placement.get("shard_number"),
+            replication_factor=self._placement.get("replication_factor"),
         )
         for field in KEYWORD_INDEXED_FIELDS:
             params = models.KeywordIndexParams(

@@ -61,11 +61,13 @@ class ServerUserStore(ServerCollection, UserStore):
         *,
         collection: str,
         api_key: str | None = None,
+        placement: dict[str, int] | None = None,
     ) -> None:
         schema = user_schema(dims)
         self.dims = dict(schema.dense)
         self._schema = schema
         self._collection = collection
+        self._placement = dict(placement or {})
         self._open(url_or_client, api_key)
 
     def _differences(self, info: models.CollectionInfo) -> list[str]:
@@ -88,6 +90,8 @@ class ServerUserStore(ServerCollection, UserStore):
                 for name, size in self.dims.items()
             },
             hnsw_config=models.HnswConfigDiff(m=0),
+            shard_number=self._placement.get("shard_number"),
+            replication_factor=self._placement.get("replication_factor"),
         )
         for field in USER_KEYS:
             params = models.KeywordIndexParams(
