@@ -26,6 +26,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from benchmarks.recommend.engine_runs import item_id
 from benchmarks.recommend.protocol import load_movielens, protocol_split
@@ -161,9 +162,18 @@ def main() -> None:
                              valid_examples=args.valid, seed=args.seed)
     model = lora_model(base, settings)
     reranker = ListwiseReranker(model, tokenizer, name=name)
-    run = train_listwise(reranker, records, train, valid, settings)
+    with tqdm(total=len(train), desc="train-rerank", unit="step") as bar:
+        def show(_: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        run = train_listwise(reranker, records, train, valid, settings, progress=show)
+    scoring = time.monotonic()
     valid_scores = score_lists(reranker, records, valid)
+    per_list = (time.monotonic() - scoring) / max(len(valid), 1)
     blend, trials = choose_blend(valid, valid_scores)
+    print(f"scoring {len(test)} test lists, about {len(test) * per_list / 60:.0f} min at the "
+          f"validation lists' pace", flush=True)
     test_scores = score_lists(reranker, records, test)
     bias_lists = valid[:50]
     bias = position_bias(reranker, records, bias_lists)
