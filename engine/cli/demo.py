@@ -7,6 +7,7 @@ Python client over real gRPC. It prints what it measured.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from engine.cli.render import print_info, print_results
 from engine.client import MmrecClient
@@ -45,6 +47,8 @@ TEXT_QUERIES = [
 DEMO_USER, VISITOR = "ml-user-1", "demo-visitor"
 LOOPBACK = "127.0.0.1"
 """Where the demo's service listens: loopback, so it needs no API keys."""
+DEMO_BUDGET_MS = 10_000
+"""The re-rank budget of the demo's re-ranked, explained search (its server allows it)."""
 DEMO_REPLAY_USERS = 150
 """Users whose ratings the demo replays over RecordEvents: 14,949 events in ~6 s on 2 cores
 (~2,400 events/s, each event rewriting its user); all 943 users' 100k would take ~45 s."""
@@ -135,7 +139,10 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
     console.print(" ".join(command))
     console.print(f"auth is off: the demo binds to loopback ({LOOPBACK}); a service bound to "
                   "any other address requires API keys (`mmrec keys create`)")
-    server = subprocess.Popen(command)
+    # The one re-ranked, explained search asks for DEMO_BUDGET_MS (LLM reasons on a CPU).
+    budget = max(config.service.max_rerank_budget_ms, DEMO_BUDGET_MS)
+    server = subprocess.Popen(command, env={**os.environ,
+                                            "MMREC_SERVICE__MAX_RERANK_BUDGET_MS": str(budget)})
     try:
         with MmrecClient(f"{LOOPBACK}:{port}", timeout=60) as client:
             started = time.perf_counter()
@@ -151,11 +158,16 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
             _recommend(client, console, events_log, bool(llm and llm.loaded))
             console.rule("5. latency")
             _latency(client, console, info)
+    except MmrecError as exc:  # the service's answer, in one line rather than a traceback
+        console.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
+        failed = True
+    else:
+        failed = False
     finally:
         server.terminate()
         code = server.wait(timeout=60)
     console.print(f"service stopped (exit code {code})")
-    return 0 if code == 0 else 1
+    return 0 if code == 0 and not failed else 1
 
 
 def _on_loopback(config: EngineConfig) -> EngineConfig:
@@ -171,7 +183,7 @@ def _text_queries(client: MmrecClient, console: Console, llm_loaded: bool) -> No
         print_results(console, repr(query), client.search(text=query, top_k=5, explain=True))
     if llm_loaded:
         result = client.search(text=TEXT_QUERIES[0], top_k=5, explain=True, explain_reason=True,
-                               rerank=True, budget_ms=10_000)
+                               rerank=True, budget_ms=DEMO_BUDGET_MS)
         print_results(console, f"{TEXT_QUERIES[0]!r} re-ranked by the LLM, with its reasons",
                       result)
 
