@@ -202,7 +202,8 @@ class RequestValidator:
         if not item.id.strip():
             raise InvalidInput("item has no `id`")
         if len(item.id.strip()) > MAX_ID_CHARS:
-            raise InvalidInput(f"item id is {len(item.id)} characters; the limit is {MAX_ID_CHARS}")
+            raise InvalidInput(f"item id is {len(item.id.strip())} characters; the limit is "
+                               f"{MAX_ID_CHARS}")
         tenant(item.tenant)
         if item.HasField("attributes"):
             check_finite(item.attributes, f"item {item.id.strip()!r}")
