@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import random
-import statistics
 import time
 from typing import Any
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from benchmarks.recommend.engine_runs import item_id
 from benchmarks.recommend.protocol import load_movielens, protocol_split
 from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.rerank_throughput import measure
 from engine.behaviour import BehaviourModel
 from engine.behaviour.cooccurrence import CooccurrenceModel
 from engine.behaviour.sequential import SequentialSettings, train_sequential
@@ -41,7 +41,7 @@ from engine.recommend.offline import FusionSettings, OfflineFirstStage
 from engine.rerank.listwise import ListwiseReranker
 from engine.rerank.loading import RerankerSpec, load_causal_lm
 from engine.rerank.quantise import int8_linear, ranking_agreement
-from engine.rerank.stage import Blend, RerankQuery
+from engine.rerank.stage import Blend
 from engine.rerank.training import (
     RerankExample,
     TrainSettings,
@@ -87,21 +87,11 @@ def examples(stage: OfflineFirstStage, fusion: FusionSettings,
 
 def latency(reranker: ListwiseReranker, records: dict[str, ItemRecord],
             sample: list[RerankExample]) -> dict[str, float]:
-    """p50/p95 ms of one 20-candidate call, prefix cold and warm; candidates/s vs raw forward."""
-    cold, warm, raw = [], [], []
-    for e in sample:
-        query = RerankQuery(history=[records[h] for h in e.history])
-        cands = [records[c] for c in e.candidates]
-        reranker.clear_prefixes()
-        cold.append(reranker.score(query, cands).seconds)
-        warm.append(reranker.score(query, cands).seconds)
-        raw.append(reranker.raw_forward_seconds(query, cands))
-    p = lambda xs, q: float(np.percentile(xs, q) * 1000)  # noqa: E731
-    return {"cold_p50_ms": p(cold, 50), "warm_p50_ms": p(warm, 50), "warm_p95_ms": p(warm, 95),
-            "raw_forward_p50_ms": p(raw, 50),
-            "warm_candidates_per_s": K / statistics.median(warm),
-            "raw_candidates_per_s": K / statistics.median(raw),
-            "ratio": statistics.median(raw) / statistics.median(warm)}
+    """p50/p95 ms of one 20-candidate call, prefix cold and warm; candidates/s vs raw forward
+    (``benchmarks.rerank_throughput.measure`` on these lists)."""
+    pairs = [([records[h] for h in e.history], [records[c] for c in e.candidates])
+             for e in sample]
+    return measure(reranker, pairs)[0]
 
 
 def int8_check(reranker: ListwiseReranker, records: dict[str, ItemRecord],
@@ -236,7 +226,7 @@ def report(data: dict[str, Any]) -> str:
             f"{b['first_slot_share']:.2f} (1/20 = 0.05 unbiased).\n\n"
             f"Latency of one 20-candidate call: prefix cold p50 {s['cold_p50_ms']:.0f} ms, "
             f"warm p50 {s['warm_p50_ms']:.0f} ms / p95 {s['warm_p95_ms']:.0f} ms; raw forward "
-            f"of the same tokens p50 {s['raw_forward_p50_ms']:.0f} ms; scorer / raw "
+            f"of the same tokens p50 {s['raw_p50_ms']:.0f} ms; scorer / raw "
             f"candidates/s = {s['ratio']:.2f} (measured while the run shared the machine; "
             f"benchmarks/rerank_throughput is the quiet measurement).\n\n"
             f"int8 weights (LoRA merged, then dynamic quantisation) on the validation lists: "
