@@ -3,7 +3,9 @@
     python -m benchmarks.rerank_summary [--runs 'rerank_quality_*']
 
 Each ``benchmarks.rerank_quality --name rerank_quality_<model>_s<seed>`` run
-writes one JSON file; this reads them all, groups them by model, and reports
+writes one JSON file; this reads the finished ones (a run stopped part-way
+is listed and left out), groups them by model and training recipe (runs
+before the recipe was recorded used lr 3e-4, one example per update), and reports
 per model the mean ± standard error over its seeds of the test NDCG@10 of the
 hybrid (first stage) and of the blended and LLM-alone orders, the blend weights
 chosen on validation, position bias, training time, and the decision rule of
@@ -58,6 +60,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def group(run: dict[str, Any]) -> str:
+    """A run's model and training recipe, the rows' label."""
+    recipe = run.get("settings", {"learning_rate": 3e-4, "batch_size": 1})
+    return f"{run['model']} (lr {recipe['learning_rate']:g}, batch {recipe['batch_size']})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="rerank_quality_*")
@@ -65,7 +73,10 @@ def main() -> None:
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for path in sorted(RESULTS.glob(f"{args.runs}.json")):
         run = json.loads(path.read_text())
-        by_model[run["model"]].append(run)
+        if run.get("phase", "done") != "done":
+            print(f"{path.name}: left out, the run stopped after phase {run['phase']!r}")
+            continue
+        by_model[group(run)].append(run)
     if not by_model:
         raise SystemExit(f"no runs matching {args.runs}.json in {RESULTS}; run python -m "
                          "benchmarks.rerank_quality --name rerank_quality_<model>_s<seed>")

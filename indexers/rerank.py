@@ -147,8 +147,9 @@ def train_reranker(config: EngineConfig, log_file: Path | None, *,
     model = lora_model(base, settings)
     reranker = ListwiseReranker(model, tokenizer, name=name, prompt=PromptSettings())
     run = _train(reranker, catalog, train, valid, settings, progress)
-    scores = score_lists(reranker, catalog, valid)
+    scores = score_lists(reranker, catalog, valid, skip_missing=True)
     blend, trials = choose_blend(valid, scores)
+    informative = [e for e in valid if e.target in e.candidates]
     first, llm, blended = trials[0.0], trials[1.0], trials[blend.weight]
     training: dict[str, Any] = {
         "examples": len(train), "steps": run.steps, "seconds": round(run.seconds, 1),
@@ -156,7 +157,7 @@ def train_reranker(config: EngineConfig, log_file: Path | None, *,
         "curve": run.curve, "blend_trials": trials, "candidates": CANDIDATES,
         "leakage": "candidates from a shadow first stage fitted without each user's last "
                    "two items", "source": source, "settings": _plain(settings),
-        "position_bias": position_bias(reranker, catalog, valid[:50])}
+        "position_bias": position_bias(reranker, catalog, informative[:50])}
     artifact = RerankArtifact(
         replace(provenance, base_fingerprint=model_fingerprint(base.config)),
         reranker.prompts.settings, blend,
@@ -213,9 +214,10 @@ def _train(reranker: ListwiseReranker, catalog: dict[str, ItemRecord],
         if step == 3:
             per_step = (time.monotonic() - started) / 3
             evals = steps // settings.eval_every + 1
+            scored = sum(e.target in e.candidates for e in valid)
             bar.write(f"train-rerank: {steps} steps at {per_step:.1f} s each plus {evals} "
-                      f"validations of {len(valid)} lists: about "
-                      f"{(steps * per_step + evals * len(valid) * per_step / 3) / 60:.0f} min")
+                      f"validations of {scored} lists (those holding their target): about "
+                      f"{(steps * per_step + evals * scored * per_step / 3) / 60:.0f} min")
 
     try:
         return train_listwise(reranker, catalog, train, valid, settings, progress=tick)

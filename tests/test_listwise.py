@@ -30,7 +30,9 @@ from engine.rerank.stage import Blend, RerankQuery, merge_order
 from engine.rerank.training import (
     RerankExample,
     TrainSettings,
+    blended_ndcg,
     choose_blend,
+    clear_gain,
     lora_model,
     score_lists,
     train_listwise,
@@ -187,6 +189,53 @@ GENRES = ("comedy", "drama", "war", "horror")
 GENRE_RECORDS = {f"g{g}-{n}": ItemRecord(id=f"g{g}-{n}", title=f"{GENRES[g]} {n}",
                                          attributes={"genres": [GENRES[g]]})
                  for g in range(4) for n in range(6)}
+
+
+def blend_lists(right: int, wrong: int) -> tuple[list[RerankExample], list[list[float]]]:
+    """``right`` lists where the first stage ranks the target 5th and the LLM puts it first,
+    then ``wrong`` lists where the first stage ranks it first and the LLM puts it last."""
+    out, scores = [], []
+    for n in range(right + wrong):
+        candidates = tuple(f"c{n}-{i}" for i in range(10))
+        row = [float(-i) for i in range(10)]
+        slot = 4 if n < right else 0
+        row[slot] = 1.0 if n < right else -99.0
+        out.append(RerankExample(("h",), candidates, candidates[slot]))
+        scores.append(row)
+    return out, scores
+
+
+def test_choose_blend_takes_a_weight_that_clearly_beats_the_first_stage() -> None:
+    examples, scores = blend_lists(36, 4)
+    blend, trials = choose_blend(examples, scores)
+    assert blend.weight > 0 and trials[blend.weight] > trials[0.0]
+
+
+def test_choose_blend_keeps_the_first_stage_when_the_gain_is_within_noise() -> None:
+    examples, scores = blend_lists(11, 9)  # a small mean gain, a large spread
+    blend, trials = choose_blend(examples, scores)
+    assert max(trials.values()) > trials[0.0]
+    assert blend.weight == 0.0
+
+
+def test_clear_gain_is_a_two_standard_error_rule() -> None:
+    assert clear_gain([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+    assert not clear_gain([1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0])  # mean 0.25, SE 0.48
+    assert not clear_gain([1.0], [0.0])  # one list: no error estimate
+
+
+def test_lists_without_their_target_are_not_scored_and_count_zero(tiny: Path) -> None:
+    base, tokenizer = load(tiny)
+    reranker = ListwiseReranker(base, tokenizer)
+    rng = random.Random(3)
+    examples = genre_examples(rng, 6)
+    missing = [RerankExample(e.history, e.candidates, "g0-0") for e in examples[:3]
+               if "g0-0" not in e.candidates]
+    lists = [*examples, *missing]
+    scores = score_lists(reranker, GENRE_RECORDS, lists, skip_missing=True)
+    assert [len(row) for row in scores[len(examples):]] == [0] * len(missing)
+    full = score_lists(reranker, GENRE_RECORDS, lists)
+    assert blended_ndcg(lists, scores, Blend(1.0)) == blended_ndcg(lists, full, Blend(1.0))
 
 
 def test_training_list_puts_a_missed_target_in_and_shuffles() -> None:
