@@ -31,9 +31,11 @@ from engine.rerank.training import (
     RerankExample,
     TrainSettings,
     blended_ndcg,
+    calibrate,
     choose_blend,
     clear_gain,
     lora_model,
+    position_prior,
     score_lists,
     train_listwise,
     training_list,
@@ -222,6 +224,16 @@ def test_clear_gain_is_a_two_standard_error_rule() -> None:
     assert clear_gain([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
     assert not clear_gain([1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0])  # mean 0.25, SE 0.48
     assert not clear_gain([1.0], [0.0])  # one list: no error estimate
+
+
+def test_the_slot_prior_removes_a_pull_towards_the_first_slot() -> None:
+    # The LLM adds +2 to whatever sits first; underneath it prefers the item "t" (+1).
+    rows = [[3.0, 1.0, 0.0], [2.0, 0.0, 1.0], [2.0, 1.0, 0.0]]  # "t" at slot 0, 2, 1
+    prior = position_prior([*rows, []])  # unscored lists do not count
+    assert prior == pytest.approx([7 / 3, 2 / 3, 1 / 3])
+    fixed = calibrate(rows, prior)
+    assert [row.index(max(row)) for row in fixed] == [0, 2, 1]  # "t" wins in every list
+    assert calibrate([[1.0, 2.0, 3.0, 4.0]], [1.0, 1.0]) == [[0.0, 1.0, 3.0, 4.0]]
 
 
 def test_lists_without_their_target_are_not_scored_and_count_zero(tiny: Path) -> None:
