@@ -18,6 +18,7 @@ from engine.config import StoreSettings
 from engine.store.base import VectorSchema, VectorStore
 from engine.store.edge.store import EdgeStore
 from engine.store.edge.users import EdgeUserStore
+from engine.store.retry import RetryPolicy
 from engine.store.server.store import ServerStore
 from engine.store.server.users import ServerUserStore
 from engine.store.users import UserRecord, UserStore
@@ -52,6 +53,7 @@ def open_store(settings: StoreSettings, schema: VectorSchema) -> VectorStore:
         api_key=settings.api_key,
         hnsw_ef=settings.hnsw_ef,
         placement=placement(settings),
+        retry=RetryPolicy.from_settings(settings),
     )
 
 
@@ -67,6 +69,7 @@ def open_user_store(settings: StoreSettings, dims: Mapping[str, int]) -> UserSto
     return ServerUserStore(
         settings.url, dims, collection=users_collection(settings.collection),
         api_key=settings.api_key, placement=placement(settings),
+        retry=RetryPolicy.from_settings(settings),
     )
 
 

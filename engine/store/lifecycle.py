@@ -24,6 +24,11 @@ class StoreLifecycle(abc.ABC):
     def description(self) -> str:
         """One line saying what backs this store, for ``mmrec info``."""
 
+    def reachable(self) -> bool:
+        """Whether the store answers now: one cheap call, never retried (the service's health
+        probe). An embedded store lives in this process, so it always does."""
+        return True
+
     def __enter__(self) -> Self:
         """Use the store in a ``with`` block that closes it."""
         return self

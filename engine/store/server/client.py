@@ -3,7 +3,10 @@ mapping, and a hybrid plan spelled as Query API requests.
 
 ``ServerStore`` (items) and ``ServerUserStore`` (users) both build on
 :class:`ServerCollection` (connect, check the collection, count, flush, close)
-and turn client errors into ``Unavailable`` with :func:`server_errors`.
+and turn client errors into ``Unavailable`` with :func:`server_errors`. Calls that are safe
+to repeat go through :meth:`ServerCollection._call`, which retries transport failures
+(:func:`transient`) by the store's :class:`~engine.store.retry.RetryPolicy` and then says
+which server is unreachable and what to check.
 :func:`hybrid_requests` spells a :class:`~engine.store.hybrid.HybridPlan` in
 qdrant-client types, the way ``engine.store.edge.query`` spells it in qdrant-edge types.
 """
@@ -13,7 +16,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 from qdrant_client import QdrantClient, models
@@ -22,13 +26,43 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from engine.domain import POPULARITY, FailedPrecondition, SchemaMismatch, Unavailable
 from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
 from engine.store.lifecycle import StoreLifecycle
+from engine.store.retry import GaveUp, RetryPolicy
 from engine.store.schema import SparseValues, VectorValues
 from engine.store.server.filters import client_filter, client_tenant_filter
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 CLIENT_ERRORS = (UnexpectedResponse, ResponseHandlingException, grpc.RpcError, ConnectionError)
 """What qdrant-client raises when the server or the transport fails."""
+
+
+TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             grpc.StatusCode.ABORTED})
+"""gRPC codes of a server that is down, restarting or failing over: worth another try."""
+
+TRANSIENT_HTTP = frozenset({429, 502, 503, 504})
+"""HTTP statuses of a server (or its proxy) that is overloaded or not answering yet."""
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` is a transport failure another attempt may not meet: a refused or
+    dropped connection (REST: ``ResponseHandlingException``), gRPC UNAVAILABLE and kin, or an
+    HTTP 429/502-504. A request the server refused (bad input, missing collection) is not."""
+    if isinstance(error, grpc.RpcError):
+        code = error.code() if isinstance(error, grpc.Call) else None
+        return code is None or code in TRANSIENT_CODES
+    if isinstance(error, UnexpectedResponse):
+        return error.status_code in TRANSIENT_HTTP
+    return isinstance(error, ResponseHandlingException | ConnectionError)
+
+
+def last_error(error: BaseException) -> str:
+    """A client error in one line: the gRPC code and details, or the exception's own text."""
+    if isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call):
+        return f"gRPC {error.code().name}: {error.details()}"
+    return f"{type(error).__name__}: {error}"
 
 
 @contextlib.contextmanager
@@ -69,9 +103,12 @@ class ServerCollection(StoreLifecycle):
     _kind = "collection"
     """What the collection holds, for messages: "collection", "users collection"."""
 
-    def _open(self, url_or_client: str | QdrantClient, api_key: str | None) -> None:
-        """Connect and make sure the collection is there and fits."""
+    def _open(self, url_or_client: str | QdrantClient, api_key: str | None,
+              retry: RetryPolicy | None = None) -> None:
+        """Connect and make sure the collection is there and fits (not retried: a store that
+        cannot open fails at once, with what went wrong)."""
         self._closed = False
+        self._retry = retry or RetryPolicy()
         self._client, self._owns_client, self._where = connect(url_or_client, api_key)
         try:
             self._ensure_collection()
@@ -107,6 +144,38 @@ class ServerCollection(StoreLifecycle):
     def _adopt(self, info: models.CollectionInfo) -> None:
         """Bring a fitting existing collection up to date (payload indexes); none by default."""
 
+    def _call(self, action: str, call: Callable[[], T]) -> T:
+        """``call()``, which must be safe to repeat, retried while the server is unreachable.
+
+        After the retries, ``Unavailable`` names the server, says it is unreachable and what
+        to check; an error that is not a transport failure is ``Unavailable`` at once, as in
+        :func:`server_errors`.
+        """
+        try:
+            return self._retry.run(call, transient)
+        except GaveUp as gave_up:
+            raise Unavailable(
+                f"the Qdrant server at {self._where} is unreachable: could not {action} "
+                f"({self._kind} {self._collection}) in {gave_up.attempts} attempts over "
+                f"{gave_up.elapsed:.1f} s, stopped by the {gave_up.why}; last error: "
+                f"{last_error(gave_up.last)}. Check that the Qdrant server is running and "
+                f"reachable from this host at store.url ({self._where}: address, port, TLS, "
+                f"store.api_key); the health check reports NOT_SERVING until it answers again"
+            ) from gave_up.last
+        except CLIENT_ERRORS as exc:
+            raise Unavailable(f"qdrant server failed to {action}: {exc}") from exc
+
+    def reachable(self) -> bool:
+        """Whether the server answers now: one cheap call (does the collection exist), never
+        retried, any failure counting as no (the service's health probe)."""
+        if self._closed:
+            return False
+        try:
+            self._client.collection_exists(self._collection)
+        except (*CLIENT_ERRORS, OSError):
+            return False
+        return True
+
     def _check_open(self) -> None:
         """Refuse calls after :meth:`close`."""
         if self._closed:
@@ -115,12 +184,11 @@ class ServerCollection(StoreLifecycle):
     def count(self, tenant: str | None = None) -> int:
         """Every point, or one tenant's (an exact count)."""
         self._check_open()
-        with server_errors(f"count the {self._kind} {self._collection}"):
-            result = self._client.count(
-                self._collection,
-                count_filter=None if tenant is None else client_tenant_filter(tenant),
-                exact=True,
-            )
+        result = self._call("count the points", lambda: self._client.count(
+            self._collection,
+            count_filter=None if tenant is None else client_tenant_filter(tenant),
+            exact=True,
+        ))
         return int(result.count)
 
     def flush(self) -> None:

@@ -10,6 +10,7 @@ nothing to do. Tests run this code path against ``QdrantClient(":memory:")``
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -48,11 +49,11 @@ from engine.store.base import (
 )
 from engine.store.filters import plan_filter, with_condition
 from engine.store.hybrid import fused_hits, plan_hybrid
+from engine.store.retry import RetryPolicy
 from engine.store.server.client import (
     ServerCollection,
     client_vector,
     hybrid_requests,
-    server_errors,
 )
 from engine.store.server.filters import client_filter
 
@@ -100,6 +101,10 @@ class ServerStore(ServerCollection, VectorStore):
     owner closes it. Read-modify-writes (popularity, and carrying it over in
     ``upsert``) hold a lock of this object; other engine replicas on the same
     collection are not covered by it (see :meth:`add_popularity`).
+
+    Every server call is safe to repeat (reads, and writes by point id that set absolute
+    values), so each is retried by ``retry`` while the server is unreachable
+    (:meth:`ServerCollection._call`); opening the collection is not.
     """
 
     def __init__(
@@ -111,13 +116,14 @@ class ServerStore(ServerCollection, VectorStore):
         api_key: str | None = None,
         hnsw_ef: int = 128,
         placement: dict[str, int] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.schema = schema
         self._collection = collection
         self._placement = dict(placement or {})
         self._hnsw_ef = hnsw_ef
         self._write_lock = threading.Lock()  # read-modify-writes of this process
-        self._open(url_or_client, api_key)
+        self._open(url_or_client, api_key, retry)
 
     def _differences(self, info: models.CollectionInfo) -> list[str]:
         """The schema differences between the collection and this store's vectors."""
@@ -167,14 +173,16 @@ class ServerStore(ServerCollection, VectorStore):
         params = models.FloatIndexParams(type=models.FloatIndexType.FLOAT, enable_hnsw=False)
         for field in FLOAT_INDEXED_FIELDS:
             if field not in existing:
-                with server_errors(f"create the {field} index"):
-                    self._client.create_payload_index(self._collection, field, params, wait=True)
+                self._call(f"create the {field} index", functools.partial(
+                    self._client.create_payload_index, self._collection, field, params,
+                    wait=True))
 
-    def _payloads(self, point_ids: list[str], keys: list[str] | bool) -> dict[str, dict]:
-        """Point id -> the asked payload keys of the points that exist."""
-        records = self._client.retrieve(
+    def _payloads(self, point_ids: list[str], keys: list[str] | bool, action: str
+                  ) -> dict[str, dict]:
+        """Point id -> the asked payload keys of the points that exist (retried)."""
+        records = self._call(action, lambda: self._client.retrieve(
             self._collection, ids=point_ids, with_payload=keys, with_vectors=False
-        )
+        ))
         return {str(record.id): dict(record.payload or {}) for record in records}
 
     def upsert(self, items: Sequence[StoredItem]) -> None:
@@ -187,8 +195,8 @@ class ServerStore(ServerCollection, VectorStore):
         prepared = prepare_items(self.schema, items)
         if not prepared:
             return
-        with self._write_lock, server_errors("upsert"):
-            stored = self._payloads([p.point_id for p in prepared], [POPULARITY])
+        with self._write_lock:
+            stored = self._payloads([p.point_id for p in prepared], [POPULARITY], "upsert")
             points = [
                 models.PointStruct(
                     id=p.point_id,
@@ -197,7 +205,8 @@ class ServerStore(ServerCollection, VectorStore):
                 )
                 for p in carry_popularity(prepared, stored)
             ]
-            self._client.upsert(self._collection, points=points, wait=True)
+            self._call("upsert", lambda: self._client.upsert(
+                self._collection, points=points, wait=True))
 
     def set_vectors(self, vectors: Mapping[str, np.ndarray], *, tenant: str, using: str) -> int:
         """Replace the vector ``using`` of existing items (see ``VectorStore``)."""
@@ -206,13 +215,14 @@ class ServerStore(ServerCollection, VectorStore):
         by_point = {point_id(tenant, item_id): values for item_id, values in prepared.items()}
         if not by_point:
             return 0
-        with self._write_lock, server_errors("update vectors"):
-            present = list(self._payloads(list(by_point), False))
+        with self._write_lock:
+            present = list(self._payloads(list(by_point), False, "update vectors"))
             if present:
-                self._client.update_vectors(self._collection, points=[
-                    models.PointVectors(id=point, vector={using: by_point[point]})
-                    for point in present
-                ], wait=True)
+                self._call("update vectors", lambda: self._client.update_vectors(
+                    self._collection, points=[
+                        models.PointVectors(id=point, vector={using: by_point[point]})
+                        for point in present
+                    ], wait=True))
         return len(present)
 
     def add_popularity(self, increments: Mapping[str, float], *, tenant: str) -> int:
@@ -221,23 +231,25 @@ class ServerStore(ServerCollection, VectorStore):
         The read-modify-write is atomic only within this store object (its lock):
         several engine replicas adding to one item on one server can race and lose
         increments. Popularity is a ranking signal, so that is tolerated; route a
-        tenant's events to one writer where exact counts matter.
+        tenant's events to one writer where exact counts matter. The write sets the summed
+        value, so repeating it after a lost acknowledgement adds nothing twice.
         """
         self._check_open()
         checked = popularity_increments(increments)
         by_point = {point_id(tenant, item_id): value for item_id, value in checked.items()}
         if not by_point:
             return 0
-        with self._write_lock, server_errors("add popularity"):
-            stored = self._payloads(list(by_point), [POPULARITY])
+        with self._write_lock:
+            stored = self._payloads(list(by_point), [POPULARITY], "add popularity")
             if stored:
-                self._client.batch_update_points(self._collection, [
-                    models.SetPayloadOperation(set_payload=models.SetPayload(
-                        payload={POPULARITY: (stored_popularity(p) or 0.0) + by_point[point]},
-                        points=[point],
-                    ))
-                    for point, p in stored.items()
-                ], wait=True)
+                self._call("add popularity", lambda: self._client.batch_update_points(
+                    self._collection, [
+                        models.SetPayloadOperation(set_payload=models.SetPayload(
+                            payload={POPULARITY: (stored_popularity(p) or 0.0) + by_point[point]},
+                            points=[point],
+                        ))
+                        for point, p in stored.items()
+                    ], wait=True))
         return len(stored)
 
     def hybrid_search(self, query: HybridQuery) -> list[FusedHit]:
@@ -246,10 +258,9 @@ class ServerStore(ServerCollection, VectorStore):
         plan = plan_hybrid(self.schema, query)
         if plan is None:
             return []
-        with server_errors("search"):
-            responses = self._client.query_batch_points(
-                self._collection, requests=hybrid_requests(plan, self._hnsw_ef)
-            )
+        requests = hybrid_requests(plan, self._hnsw_ef)
+        responses = self._call("search", lambda: self._client.query_batch_points(
+            self._collection, requests=requests))
         points = [(str(p.id), p.payload, p.score) for p in responses[0].points]
         # A nearest ranking scores by similarity, the popularity ranking by popularity.
         rankings = [
@@ -264,13 +275,12 @@ class ServerStore(ServerCollection, VectorStore):
         wanted = unique_in_order(ids)
         if not wanted:
             return []
-        with server_errors("retrieve points"):
-            records = self._client.retrieve(
-                self._collection,
-                ids=[point_id(tenant, item_id) for item_id in wanted],
-                with_payload=True,
-                with_vectors=False,
-            )
+        records = self._call("retrieve points", lambda: self._client.retrieve(
+            self._collection,
+            ids=[point_id(tenant, item_id) for item_id in wanted],
+            with_payload=True,
+            with_vectors=False,
+        ))
         found: dict[str, ItemRecord] = {}
         for stored in records:
             if stored.payload and stored.payload.get("tenant") == tenant:
@@ -284,15 +294,10 @@ class ServerStore(ServerCollection, VectorStore):
         point_ids = [point_id(tenant, item_id) for item_id in unique_in_order(ids)]
         if not point_ids:
             return 0
-        with server_errors("delete points"):
-            existing = self._client.retrieve(
-                self._collection, ids=point_ids, with_payload=False, with_vectors=False
-            )
-            present = [str(stored.id) for stored in existing]
-            if present:
-                self._client.delete(
-                    self._collection, models.PointIdsList(points=present), wait=True
-                )
+        present = list(self._payloads(point_ids, False, "delete points"))
+        if present:
+            self._call("delete points", lambda: self._client.delete(
+                self._collection, models.PointIdsList(points=present), wait=True))
         return len(present)
 
     def vectors(self, ids: Sequence[str], *, tenant: str, using: str) -> dict[str, np.ndarray]:
@@ -302,10 +307,8 @@ class ServerStore(ServerCollection, VectorStore):
         by_point = {point_id(tenant, item_id): item_id for item_id in unique_in_order(ids)}
         if not by_point:
             return {}
-        with server_errors("retrieve vectors"):
-            records = self._client.retrieve(
-                self._collection, ids=list(by_point), with_payload=False, with_vectors=[using]
-            )
+        records = self._call("retrieve vectors", lambda: self._client.retrieve(
+            self._collection, ids=list(by_point), with_payload=False, with_vectors=[using]))
         found = {by_point[str(r.id)]: stored_vector(r.vector, using) for r in records}
         return {i: vector for i in by_point.values() if (vector := found.get(i)) is not None}
 
@@ -317,19 +320,18 @@ class ServerStore(ServerCollection, VectorStore):
 
         def tied(value: float, count: int) -> list[tuple[str, dict | None]]:
             equal = with_condition(plan, Range(POPULARITY, gte=value, lte=value))
-            records, _ = self._client.scroll(
+            records, _ = self._call("list popular items", lambda: self._client.scroll(
                 self._collection, scroll_filter=client_filter(equal), limit=count,
                 with_payload=True,
-            )
+            ))
             return [(str(r.id), r.payload) for r in records]
 
-        with server_errors("list popular items"):
-            ranked, _ = self._client.scroll(
-                self._collection, scroll_filter=client_filter(plan), limit=limit,
-                order_by=models.OrderBy(key=POPULARITY, direction=models.Direction.DESC),
-                with_payload=True,
-            )
-            return popular_hits([(str(r.id), r.payload) for r in ranked], limit, tied)
+        ranked, _ = self._call("list popular items", lambda: self._client.scroll(
+            self._collection, scroll_filter=client_filter(plan), limit=limit,
+            order_by=models.OrderBy(key=POPULARITY, direction=models.Direction.DESC),
+            with_payload=True,
+        ))
+        return popular_hits([(str(r.id), r.payload) for r in ranked], limit, tied)
 
     def optimize(self, *, wait: bool = False) -> None:
         """Nothing to do: the Qdrant server builds HNSW indexes in its own background optimizers."""

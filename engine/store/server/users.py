@@ -8,12 +8,14 @@ Tests run this code path against ``QdrantClient(":memory:")``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 
 from qdrant_client import QdrantClient, models
 
-from engine.store.server.client import ServerCollection, server_errors
+from engine.store.retry import RetryPolicy
+from engine.store.server.client import ServerCollection
 from engine.store.server.filters import client_tenant_filter
 from engine.store.users import (
     USER_KEYS,
@@ -49,7 +51,9 @@ class ServerUserStore(ServerCollection, UserStore):
 
     Give a URL (a gRPC client is made) or a ready ``QdrantClient``; a client passed
     in is not closed by :meth:`close`. Reopening a collection holding other vector
-    sizes is a ``SchemaMismatch``.
+    sizes is a ``SchemaMismatch``. Every call (reads, whole-user upserts and deletes by
+    point id) is safe to repeat, so each is retried by ``retry`` while the server is
+    unreachable.
     """
 
     _kind = "users collection"
@@ -62,13 +66,14 @@ class ServerUserStore(ServerCollection, UserStore):
         collection: str,
         api_key: str | None = None,
         placement: dict[str, int] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         schema = user_schema(dims)
         self.dims = dict(schema.dense)
         self._schema = schema
         self._collection = collection
         self._placement = dict(placement or {})
-        self._open(url_or_client, api_key)
+        self._open(url_or_client, api_key, retry)
 
     def _differences(self, info: models.CollectionInfo) -> list[str]:
         """The vector sizes that differ between the collection and these user vectors."""
@@ -106,10 +111,8 @@ class ServerUserStore(ServerCollection, UserStore):
         wanted = [check_user(tenant, user_id) for user_id in dict.fromkeys(user_ids)]
         if not wanted:
             return {}
-        with server_errors("read users"):
-            records = self._client.retrieve(
-                self._collection, ids=wanted, with_payload=True, with_vectors=True
-            )
+        records = self._call("read users", lambda: self._client.retrieve(
+            self._collection, ids=wanted, with_payload=True, with_vectors=True))
         return records_by_user(((r.payload, r.vector) for r in records), tenant, user_ids)
 
     def put_many(self, records: Sequence[UserRecord]) -> None:
@@ -120,19 +123,18 @@ class ServerUserStore(ServerCollection, UserStore):
             return
         points = [models.PointStruct(id=p.point_id, vector=dict(p.vectors), payload=p.payload)
                   for p in prepared]
-        with server_errors("write users"):
-            self._client.upsert(self._collection, points=points, wait=True)
+        self._call("write users", lambda: self._client.upsert(
+            self._collection, points=points, wait=True))
 
     def delete(self, user_id: str, *, tenant: str) -> bool:
         """Erase the user's point; ``True`` if it existed (checked just before)."""
         self._check_open()
         point = check_user(tenant, user_id)
-        with server_errors("delete a user"):
-            if not self._client.retrieve(
-                self._collection, ids=[point], with_payload=False, with_vectors=False
-            ):
-                return False
-            self._client.delete(self._collection, models.PointIdsList(points=[point]), wait=True)
+        if not self._call("delete a user", lambda: self._client.retrieve(
+                self._collection, ids=[point], with_payload=False, with_vectors=False)):
+            return False
+        self._call("delete a user", lambda: self._client.delete(
+            self._collection, models.PointIdsList(points=[point]), wait=True))
         return True
 
     def users(self, tenant: str | None = None) -> Iterator[UserRecord]:
@@ -141,11 +143,10 @@ class ServerUserStore(ServerCollection, UserStore):
         offset = None
         while True:
             self._check_open()
-            with server_errors("list users"):
-                page, offset = self._client.scroll(
-                    self._collection, scroll_filter=condition, limit=USER_SCROLL_PAGE,
-                    offset=offset, with_payload=True, with_vectors=True,
-                )
+            page, offset = self._call("list users", functools.partial(
+                self._client.scroll, self._collection, scroll_filter=condition,
+                limit=USER_SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=True,
+            ))
             for stored in page:
                 record = stored_user(stored.payload, stored.vector)
                 if record is not None:
