@@ -152,7 +152,8 @@ class MmrecClient:
         channels are fused. ``explain`` fills ``SearchResult.explanations``, each with a
         sentence built from its facts (the LLM's, when ``explain_reason`` and it passes the
         faithfulness checks: ``Explanation.reason_source``); ``rerank``, ``rerank_top_k`` and
-        ``budget_ms`` control LLM re-ranking of the top candidates.
+        ``budget_ms`` control LLM re-ranking of the top candidates. ``SearchResult.stage_ms``
+        holds the server's milliseconds per stage (encode, retrieve, rerank, explain).
         """
         data = image.read_bytes() if isinstance(image, Path) else (image or b"")
         message = pb.SearchRequest(text=text, image=data, top_k=top_k, tenant=tenant,
@@ -217,6 +218,7 @@ class MmrecClient:
         each result (``Explanation.because_of``, with ``because_of_titles``) and why, in
         one sentence built from those facts (``Explanation.reason``); with
         ``explain_reason`` the LLM writes that sentence, checked against the facts.
+        ``RecommendResult.stage_ms`` holds the server's milliseconds per stage.
         """
         message = pb.RecommendRequest(
             user_id=user_id, top_k=top_k, tenant=tenant, positive_ids=list(positive_ids),

@@ -56,8 +56,10 @@ def serve(
 ) -> None:
     """Serve the gRPC API (health and reflection included) until SIGTERM or Ctrl-C."""
     from engine.service import serve as run_server
+    from engine.service.logs import configure_service_logging
 
     cfg = _config(config, data_dir, port=port, host=host)
+    configure_service_logging(cfg.log_level, cfg.service.log_format)  # json: one object a line
     quiet_model_loading()
     run_server(cfg)
 

@@ -112,6 +112,9 @@ class SearchResult:
     budget_exhausted: bool = False
     explanations: list[Explanation] | None = None
     """One per hit, when asked."""
+    stage_ms: Mapping[str, float] = field(default_factory=dict)
+    """Wall milliseconds per stage that ran (``encode``, ``retrieve``, ``rerank``,
+    ``explain``); their sum is at most the call's time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +129,6 @@ class RecommendResult:
     reranked: int = 0
     budget_exhausted: bool = False
     explanations: list[Explanation] | None = None
+    stage_ms: Mapping[str, float] = field(default_factory=dict)
+    """Wall milliseconds per stage that ran (``profile``, ``encode``, ``retrieve``,
+    ``rerank``, ``diversify``, ``explain``); their sum is at most the call's time."""

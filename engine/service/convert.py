@@ -119,7 +119,7 @@ def search_response(result: SearchResult) -> pb.SearchResponse:
     return pb.SearchResponse(results=results, channels=result.channels,
                              reranked=result.reranked,
                              rerank_budget_exhausted=result.budget_exhausted,
-                             fusion=result.fusion)
+                             fusion=result.fusion, stage_ms=dict(result.stage_ms))
 
 
 def search_result_from_response(response: pb.SearchResponse) -> SearchResult:
@@ -127,7 +127,8 @@ def search_result_from_response(response: pb.SearchResponse) -> SearchResult:
     return SearchResult(hits=hits_from_response(response), channels=list(response.channels),
                         fusion=response.fusion, reranked=response.reranked,
                         budget_exhausted=response.rerank_budget_exhausted,
-                        explanations=explanations_from_response(response))
+                        explanations=explanations_from_response(response),
+                        stage_ms=dict(response.stage_ms))
 
 
 FUSIONS: dict[pb.Fusion, Fusion | None] = {pb.FUSION_UNSPECIFIED: None, pb.FUSION_RRF: "rrf",
@@ -317,7 +318,7 @@ def recommend_response(result: RecommendResult) -> pb.RecommendResponse:
                                 channels=result.channels, reranked=result.reranked,
                                 rerank_budget_exhausted=result.budget_exhausted,
                                 fusion=result.fusion, cold_start=result.cold_start,
-                                strategy=result.strategy)
+                                strategy=result.strategy, stage_ms=dict(result.stage_ms))
 
 
 def recommend_result_from_response(response: pb.RecommendResponse) -> RecommendResult:
@@ -327,7 +328,8 @@ def recommend_result_from_response(response: pb.RecommendResponse) -> RecommendR
                            fusion=response.fusion, strategy=response.strategy,
                            cold_start=response.cold_start, reranked=response.reranked,
                            budget_exhausted=response.rerank_budget_exhausted,
-                           explanations=explanations_from_response(response))
+                           explanations=explanations_from_response(response),
+                           stage_ms=dict(response.stage_ms))
 
 
 def erasure_response(erasure: Erasure) -> pb.DeleteUserResponse:

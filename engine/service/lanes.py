@@ -12,6 +12,7 @@ call is refused at once with :class:`~engine.domain.Overloaded`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -42,7 +43,8 @@ class Lane:
                              f"running or queued (limit {self.limit}); retry after a backoff")
         loop = asyncio.get_running_loop()
         self.unfinished += 1
-        future: Future[T] = self.pool.submit(fn, *args)
+        # The call's context variables (request id, tracing span) go with it to the thread.
+        future: Future[T] = self.pool.submit(contextvars.copy_context().run, fn, *args)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._finished))
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout)
 

@@ -190,18 +190,27 @@ class Explanation(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., fused_rank: _Optional[int] = ..., fused_score: _Optional[float] = ..., channels: _Optional[_Mapping[str, ChannelScore]] = ..., rerank_score: _Optional[float] = ..., matched_terms: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., because_of: _Optional[_Iterable[str]] = ..., because_of_titles: _Optional[_Iterable[str]] = ..., shared_attributes: _Optional[_Iterable[str]] = ..., reason_source: _Optional[str] = ..., reason_rejected: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("results", "channels", "reranked", "rerank_budget_exhausted", "fusion")
+    __slots__ = ("results", "channels", "reranked", "rerank_budget_exhausted", "fusion", "stage_ms")
+    class StageMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     RERANKED_FIELD_NUMBER: _ClassVar[int]
     RERANK_BUDGET_EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     channels: _containers.RepeatedScalarFieldContainer[str]
     reranked: int
     rerank_budget_exhausted: bool
     fusion: str
-    def __init__(self, results: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., channels: _Optional[_Iterable[str]] = ..., reranked: _Optional[int] = ..., rerank_budget_exhausted: _Optional[bool] = ..., fusion: _Optional[str] = ...) -> None: ...
+    stage_ms: _containers.ScalarMap[str, float]
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., channels: _Optional[_Iterable[str]] = ..., reranked: _Optional[int] = ..., rerank_budget_exhausted: _Optional[bool] = ..., fusion: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
     __slots__ = ("item",)
@@ -385,7 +394,14 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., top_k: _Optional[int] = ..., tenant: _Optional[str] = ..., positive_ids: _Optional[_Iterable[str]] = ..., negative_ids: _Optional[_Iterable[str]] = ..., context: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., include_seen: _Optional[bool] = ..., rerank: _Optional[bool] = ..., rerank_budget_ms: _Optional[int] = ..., rerank_top_k: _Optional[int] = ..., explain: _Optional[bool] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ..., strategy: _Optional[_Union[RecommendStrategy, str]] = ..., diversity: _Optional[float] = ..., explain_reason: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("results", "channels", "reranked", "rerank_budget_exhausted", "fusion", "cold_start", "strategy")
+    __slots__ = ("results", "channels", "reranked", "rerank_budget_exhausted", "fusion", "cold_start", "strategy", "stage_ms")
+    class StageMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     RERANKED_FIELD_NUMBER: _ClassVar[int]
@@ -393,6 +409,7 @@ class RecommendResponse(_message.Message):
     FUSION_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     channels: _containers.RepeatedScalarFieldContainer[str]
     reranked: int
@@ -400,7 +417,8 @@ class RecommendResponse(_message.Message):
     fusion: str
     cold_start: bool
     strategy: str
-    def __init__(self, results: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., channels: _Optional[_Iterable[str]] = ..., reranked: _Optional[int] = ..., rerank_budget_exhausted: _Optional[bool] = ..., fusion: _Optional[str] = ..., cold_start: _Optional[bool] = ..., strategy: _Optional[str] = ...) -> None: ...
+    stage_ms: _containers.ScalarMap[str, float]
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., channels: _Optional[_Iterable[str]] = ..., reranked: _Optional[int] = ..., rerank_budget_exhausted: _Optional[bool] = ..., fusion: _Optional[str] = ..., cold_start: _Optional[bool] = ..., strategy: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class DeleteUserRequest(_message.Message):
     __slots__ = ("user_id", "tenant")
