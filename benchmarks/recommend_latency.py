@@ -55,7 +55,7 @@ def raw_parts_ms(harness: EngineHarness, user: str) -> float:
     request = RecommendRequest(tenant=DEFAULT_TENANT, user_id=user, top_k=10)
     examples = recommender.examples(request)
     channels = recommender.channels.build(examples, request, "profile", 10)
-    settings = recommender.settings
+    settings = recommender.settings_for(DEFAULT_TENANT)
     engine.store.hybrid_search(HybridQuery(channels=channels, limit=10, tenant=DEFAULT_TENANT,
                                            fusion=settings.fusion, rrf_k=settings.rrf_k,
                                            filter=ItemFilter(exclude_ids=tuple(examples.seen))))

@@ -47,7 +47,7 @@ from engine.behaviour.cooccurrence import CooccurrenceModel
 from engine.behaviour.sequential import SequentialModel, SequentialSettings, train_sequential
 from engine.behaviour.sequential.train import validation_split
 from engine.config import EngineConfig
-from engine.domain import BEHAVIOUR, COOCCURRENCE, DEFAULT_TENANT, InvalidInput
+from engine.domain import BEHAVIOUR, COOCCURRENCE, DEFAULT_TENANT, InvalidInput, ModelUnavailable
 from engine.recommend.offline import FusionSettings, OfflineFirstStage
 from engine.recommend.profiles import ProfileWeights
 from engine.recommend.tuning import FUSION_FILE, FusionGrid, TunedFusion, tune_fusion
@@ -116,14 +116,17 @@ def train_behaviour(config: EngineConfig, log_file: Path | None, *,
             raise InvalidInput(f"no interactions found in {source}")
         full = list(users.values())
         histories, targets = validation_split(full)
-        searched = train_sequential(histories, settings, valid_targets=targets, progress=progress)
+        searched = train_sequential(histories, settings, valid_targets=targets, progress=progress,
+                                    tenant=tenant)
         model = refit_model(searched, full, progress) if refit else searched
         served: dict[str, BehaviourModel] = {BEHAVIOUR: model}
         unseen: dict[str, BehaviourModel] = {BEHAVIOUR: searched}
         if config.behaviour.cooccurrence_dim:
             dim, decay = config.behaviour.cooccurrence_dim, config.behaviour.cooccurrence_decay
-            served[COOCCURRENCE] = CooccurrenceModel.fit(full, dim=dim, decay=decay)
-            unseen[COOCCURRENCE] = CooccurrenceModel.fit(histories, dim=dim, decay=decay)
+            served[COOCCURRENCE] = CooccurrenceModel.fit(full, dim=dim, decay=decay,
+                                                         tenant=tenant)
+            unseen[COOCCURRENCE] = CooccurrenceModel.fit(histories, dim=dim, decay=decay,
+                                                         tenant=tenant)
         fusion, note = tune_on_validation(engine, config, tenant, unseen, full, histories,
                                           targets)
         folder = config.behaviour_path()
@@ -157,7 +160,8 @@ def refit_model(searched: SequentialModel, sequences: Sequence[Sequence[str]], p
                              progress=progress)
     return SequentialModel(again.network, again.item_ids, searched.settings, replace(
         facts, refit_epochs=facts.best_epoch,
-        train_seconds=round(facts.train_seconds + again.facts.train_seconds, 2)))
+        train_seconds=round(facts.train_seconds + again.facts.train_seconds, 2)),
+        tenant=searched.tenant)
 
 
 def tune_on_validation(engine: Engine, config: EngineConfig, tenant: str,
@@ -214,12 +218,18 @@ def validation_stage(engine: Engine, config: EngineConfig, tenant: str,
 
     For training on the held-out items (re-ranker candidates) after ``mmrec
     train-seq``: the models of ``validation/``, the catalog and content vectors
-    of :func:`catalog_vectors`. ``ModelUnavailable`` when train-seq has not run.
+    of :func:`catalog_vectors`. ``ModelUnavailable`` when train-seq has not run, or
+    ran for another tenant (its models know that tenant's items, not these).
     """
     folder = config.behaviour_path() / VALIDATION_DIR
-    models: dict[str, BehaviourModel] = {BEHAVIOUR: SequentialModel.load(folder)}
+    sasrec = SequentialModel.load(folder)
+    models: dict[str, BehaviourModel] = {BEHAVIOUR: sasrec}
     if (folder / "cooccurrence.json").exists():
         models[COOCCURRENCE] = CooccurrenceModel.load(folder)
+    if sasrec.tenant != tenant:
+        raise ModelUnavailable(f"the models in {folder} were trained for tenant "
+                               f"{sasrec.tenant!r}, not {tenant!r}; run mmrec train-seq "
+                               f"--tenant {tenant} first")
     catalog, content = catalog_vectors(engine, config, tenant, sequences)
     return OfflineFirstStage.from_settings(catalog, models, content, config.recommend,
                                            config.profiles, tenant=tenant)

@@ -93,19 +93,24 @@ def cut_points(sequences: list[list[str]], known: set[str]
 
 
 def shadow_models(shadow: list[list[str]], engine: Engine, config: EngineConfig,
-                  epochs: int | None, progress: bool) -> dict[str, BehaviourModel]:
-    """Behaviour models fitted without the last two items of any user (see the module doc)."""
+                  epochs: int | None, progress: bool, tenant: str = DEFAULT_TENANT
+                  ) -> dict[str, BehaviourModel]:
+    """Behaviour models fitted without the last two items of any user (see the module doc).
+
+    One per channel that serves ``tenant``: the first stage replicated is that tenant's.
+    """
     models: dict[str, BehaviourModel] = {}
-    served = engine.sequential
+    serving = engine.behaviour.for_tenant(tenant)
+    served = serving.get(BEHAVIOUR)
     if served is not None and epochs != 0:
         facts = getattr(served, "facts", None)
         count = epochs or max(getattr(facts, "best_epoch", 0), 1)
         settings = SequentialSettings(dim=config.behaviour.dim, epochs=count)
-        models[BEHAVIOUR] = train_sequential(shadow, settings, progress=progress)
-    if engine.cooccurrence is not None and config.behaviour.cooccurrence_dim:
+        models[BEHAVIOUR] = train_sequential(shadow, settings, progress=progress, tenant=tenant)
+    if COOCCURRENCE in serving and config.behaviour.cooccurrence_dim:
         models[COOCCURRENCE] = CooccurrenceModel.fit(
             shadow, dim=config.behaviour.cooccurrence_dim,
-            decay=config.behaviour.cooccurrence_decay)
+            decay=config.behaviour.cooccurrence_decay, tenant=tenant)
     return models
 
 
@@ -134,7 +139,7 @@ def train_reranker(config: EngineConfig, log_file: Path | None, *,
         shadow, train_pairs, valid_pairs = cut_points(list(users.values()), set(catalog))
         if not train_pairs:
             raise InvalidInput(f"no user in {source} has 3 or more items of the catalog")
-        models = shadow_models(shadow, engine, config, shadow_epochs, progress)
+        models = shadow_models(shadow, engine, config, shadow_epochs, progress, tenant)
         stage, fusion = _first_stage(engine, config, catalog, models, tenant)
         train = build_examples(stage, fusion, train_pairs, settings.max_examples, rng)
         valid = build_examples(stage, fusion, valid_pairs, settings.valid_examples, rng)
@@ -192,9 +197,9 @@ def _catalog(engine: Engine, users: dict[str, list[str]], tenant: str) -> dict[s
 def _first_stage(engine: Engine, config: EngineConfig, catalog: dict[str, ItemRecord],
                  models: dict[str, BehaviourModel], tenant: str
                  ) -> tuple[OfflineFirstStage, FusionSettings]:
-    """The shadow models and the store's content vectors under the served fusion."""
+    """The shadow models and the store's content vectors under ``tenant``'s served fusion."""
     ids, content = catalog_vectors(engine, config, tenant, [list(catalog)])
-    settings = engine.recommend_settings
+    settings = engine.recommend_settings(tenant)
     stage = OfflineFirstStage.from_settings(ids, models, content if ids else None, settings,
                                             config.profiles, tenant=tenant)
     return stage, FusionSettings.from_recommend(settings, stage.channels)

@@ -56,10 +56,11 @@ def test_the_next_engine_serves_with_the_tuned_fusion(trained: tuple[Path, Path]
     tuned = TunedFusion.load(cfg.behaviour_path() / FUSION_FILE)
     engine = Engine.from_config(cfg, load_reranker=False)
     try:
-        settings = engine.recommender.settings
+        assert tuned.tenant == "default"
+        settings = engine.recommend_settings("default")
         assert settings.rrf_k == tuned.settings.rrf_k and settings.fusion == tuned.settings.fusion
         assert settings.weights == {**cfg.recommend.weights, **tuned.settings.weights}
-        assert engine.recommender.channels.settings is settings
+        assert engine.recommend_settings("other") is cfg.recommend        # tuned for default
         status = fusion_status(engine)
         assert status.loaded and status.details == tuned.details()
         result = engine.recommend(RecommendRequest(tenant="default", positive_ids=("m1",)))
@@ -77,7 +78,7 @@ def test_recommend_tuned_false_keeps_the_configured_fusion(trained: tuple[Path, 
     cfg = EngineConfig.load(config, store={"data_dir": data_dir}, recommend={"tuned": False})
     engine = Engine.from_config(cfg, load_reranker=False)
     try:
-        assert engine.recommender.settings == cfg.recommend
+        assert engine.recommend_settings("default") == cfg.recommend
         status = fusion_status(engine)
         assert not status.loaded and "recommend.tuned = false" in status.reason
         assert "valid_ndcg@10 alone" in status.details                  # still shown
@@ -91,7 +92,7 @@ def test_a_broken_fusion_file_is_reported_and_ignored(trained: tuple[Path, Path]
     (cfg.behaviour_path() / FUSION_FILE).write_text('{"format": 1, "settings": {}}')
     engine = Engine.from_config(cfg, load_reranker=False)
     try:
-        assert engine.recommender.settings == cfg.recommend
+        assert engine.recommend_settings("default") == cfg.recommend
         status = fusion_status(engine)
         assert not status.loaded and "mmrec train-seq" in status.reason
         assert len(engine.recommend(RecommendRequest(tenant="default", positive_ids=(ITEMS[1],),

@@ -77,8 +77,9 @@ def stage(engine: Engine) -> OfflineFirstStage:
         for item in items:
             counts[item] = counts.get(item, 0.0) + 1.0
     return OfflineFirstStage.from_settings(
-        IDS, engine.behaviour, np.stack([content[i] for i in IDS]), engine.config.recommend,
-        engine.config.profiles, popularity=np.array([counts.get(i, 0.0) for i in IDS]))
+        IDS, engine.behaviour.for_tenant(TENANT), np.stack([content[i] for i in IDS]),
+        engine.config.recommend, engine.config.profiles,
+        popularity=np.array([counts.get(i, 0.0) for i in IDS]))
 
 
 def engine_hits(engine: Engine, user: str, settings: FusionSettings, top_k: int

@@ -13,6 +13,9 @@ The exact MIPS-to-cosine transform (``[e, sqrt(M^2 - |e|^2)] / M`` for items,
 Measured on MovieLens-100k (leave-one-out, full ranking, decay 0.5): exact
 item-kNN NDCG@10 0.094 validation / 0.083 test; SVD 256-d 0.097 / 0.083;
 128-d 0.091 / 0.080. Fitting takes seconds (scipy's sparse SVD).
+
+A model belongs to the tenant whose log it was fitted on (``tenant``, saved in
+``cooccurrence.json``); the engine serves it to that tenant only.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from scipy import sparse
 from scipy.sparse.linalg import svds
 
 from engine.behaviour.mips import mips_items, mips_queries
-from engine.domain import InvalidInput, ModelUnavailable
+from engine.domain import DEFAULT_TENANT, InvalidInput, ModelUnavailable
 
 FORMAT_VERSION = 1
 VECTORS_FILE = "cooccurrence.npy"
@@ -37,12 +40,14 @@ class CooccurrenceModel:
     """Item embeddings from interaction co-occurrence and the recency weights of queries."""
 
     def __init__(self, item_ids: Sequence[str], embeddings: np.ndarray, *, decay: float,
-                 n_users: int = 0) -> None:
+                 n_users: int = 0, tenant: str = DEFAULT_TENANT) -> None:
         if len(item_ids) != len(embeddings):
             raise InvalidInput("one embedding per item id is needed")
         self.item_ids = list(item_ids)
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
         self.decay, self.n_users = decay, n_users
+        self.tenant = tenant
+        """The tenant whose interaction log the model was fitted on: the only one it serves."""
         self._index = {item: i for i, item in enumerate(self.item_ids)}
 
     @property
@@ -56,9 +61,9 @@ class CooccurrenceModel:
         return self.dim + 1
 
     @classmethod
-    def fit(cls, sequences: Sequence[Sequence[str]], *, dim: int = 256, decay: float = 0.5
-            ) -> CooccurrenceModel:
-        """Embeddings from users' item sequences (each user counts an item once).
+    def fit(cls, sequences: Sequence[Sequence[str]], *, dim: int = 256, decay: float = 0.5,
+            tenant: str = DEFAULT_TENANT) -> CooccurrenceModel:
+        """Embeddings from users' item sequences (each user counts an item once) of ``tenant``.
 
         ``dim`` is capped below the matrix rank SVD allows; missing dimensions are
         zero-padded so the stored vector size stays ``dim + 1``.
@@ -81,7 +86,7 @@ class CooccurrenceModel:
         order = np.argsort(-values)
         embeddings = np.zeros((len(item_ids), dim), np.float32)
         embeddings[:, :rank] = left[:, order] * values[order]
-        return cls(item_ids, embeddings, decay=decay, n_users=len(users))
+        return cls(item_ids, embeddings, decay=decay, n_users=len(users), tenant=tenant)
 
     def item_vectors(self) -> tuple[list[str], np.ndarray]:
         """Item ids and their stored vectors (unit, ``vector_dim`` values)."""
@@ -107,23 +112,29 @@ class CooccurrenceModel:
         return mips_queries(self.queries(histories))
 
     def save(self, folder: Path) -> None:
-        """Write the embeddings and the vocabulary into ``folder``."""
+        """Write the embeddings, the vocabulary and the tenant into ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / VECTORS_FILE, self.embeddings)
         (folder / META_FILE).write_text(json.dumps({
             "format": FORMAT_VERSION, "item_ids": self.item_ids, "decay": self.decay,
-            "n_users": self.n_users}))
+            "n_users": self.n_users, "tenant": self.tenant}))
 
     @classmethod
     def load(cls, folder: Path) -> CooccurrenceModel:
-        """A saved model; ``ModelUnavailable`` saying what to do when it is missing or broken."""
+        """A saved model; ``ModelUnavailable`` saying what to do when it is missing or broken.
+
+        A file without a ``tenant`` (written before models were bound to one) is
+        read as the default tenant's, train-seq's default; one trained then with
+        ``--tenant`` must be trained again to serve its tenant.
+        """
         try:
             meta = json.loads((folder / META_FILE).read_text())
             if meta.get("format") != FORMAT_VERSION:
                 raise ValueError(f"format {meta.get('format')}, expected {FORMAT_VERSION}")
             embeddings = np.load(folder / VECTORS_FILE)
             return cls(meta["item_ids"], embeddings, decay=float(meta["decay"]),
-                       n_users=int(meta.get("n_users", 0)))
+                       n_users=int(meta.get("n_users", 0)),
+                       tenant=str(meta.get("tenant", DEFAULT_TENANT)))
         except (OSError, ValueError, KeyError, TypeError, InvalidInput) as exc:
             raise ModelUnavailable(f"no usable co-occurrence model in {folder} ({exc}); "
                                    f"train it with `mmrec train-seq`") from exc

@@ -1,7 +1,9 @@
 """The recommend channels: a user's history (and context) as one query per named vector.
 
-* **behaviour** / **cooccurrence**: each behaviour model encodes the latest
-  positive items into a query on its named vector;
+* **behaviour** / **cooccurrence**: each behaviour model serving the request's
+  tenant encodes the latest positive items into a query on its named vector (a
+  model trained on another tenant's log says nothing here: ids name different
+  items in different tenants);
 * **content** (the ``fused`` vector by default): the decayed profile vector, the
   mean of the recent positives, or Qdrant's recommend strategies over the
   recent positives and negatives;
@@ -17,7 +19,7 @@ from typing import cast
 
 import numpy as np
 
-from engine.behaviour import BehaviourModel
+from engine.behaviour import ServedModels
 from engine.config import RecommendSettings
 from engine.domain import (
     BEHAVIOUR_CHANNELS,
@@ -52,13 +54,20 @@ class RecommendChannels:
     """Builds one channel query per source of evidence that has something to say."""
 
     def __init__(self, profiles: ProfileBook, store: VectorStore, vectoriser: Vectoriser,
-                 models: Mapping[str, BehaviourModel], settings: RecommendSettings) -> None:
+                 models: ServedModels, settings: RecommendSettings, *,
+                 tuned: Mapping[str, RecommendSettings] | None = None) -> None:
         self.profiles, self.store, self.vectoriser = profiles, store, vectoriser
         self.models, self.settings = models, settings
+        self.tuned = dict(tuned or {})
+        """Tenant -> its settings with the fusion train-seq tuned on its log over them."""
+
+    def settings_for(self, tenant: str) -> RecommendSettings:
+        """The settings ``tenant``'s requests start from: its tuned ones, else the configured."""
+        return self.tuned.get(tenant, self.settings)
 
     def weights(self, request: RecommendRequest) -> dict[str, float]:
-        """Per-channel weights: the request's over the configured ones; 0 switches off."""
-        return {**self.settings.weights, **request.weights}
+        """Per-channel weights: the request's over its tenant's settings; 0 switches off."""
+        return {**self.settings_for(request.tenant).weights, **request.weights}
 
     def build(self, examples: Examples, request: RecommendRequest, strategy: str,
               limit: int) -> list[ChannelQuery]:
@@ -74,8 +83,9 @@ class RecommendChannels:
             queries.update((name, vector) for name, vector in encoded.vectors.items()
                            if name in (TEXT, CLIP, LEXICAL))
         if examples.positives:
+            models = self.models.for_tenant(request.tenant)
             for name in BEHAVIOUR_CHANNELS:  # SASRec's channel first, then co-occurrence's
-                model = self.models.get(name)
+                model = models.get(name)
                 vector = model.encode([examples.positives])[0] if model is not None else None
                 if vector is not None and np.any(vector):
                     queries[name] = vector

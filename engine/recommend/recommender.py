@@ -30,6 +30,7 @@ from engine.domain import (
     ChannelQuery,
     Explanation,
     FusedHit,
+    Fusion,
     HybridQuery,
     InvalidInput,
     ItemFilter,
@@ -38,6 +39,7 @@ from engine.domain import (
     RecommendRequest,
     RecommendResult,
 )
+from engine.domain.timing import StageTimer
 from engine.recommend.channels import Examples, RecommendChannels
 from engine.recommend.diversity import mmr_order
 from engine.recommend.profiles import ProfileBook
@@ -57,6 +59,10 @@ class Recommender:
                  settings: RecommendSettings) -> None:
         self.channels, self.rerank, self.explainer = channels, rerank, explainer
         self.settings = settings
+
+    def settings_for(self, tenant: str) -> RecommendSettings:
+        """The settings ``tenant``'s requests start from (its tuned fusion, when it has one)."""
+        return self.channels.settings_for(tenant)
 
     @property
     def store(self) -> VectorStore:
@@ -83,47 +89,66 @@ class Recommender:
         return Examples(profile, positives, negatives, seen)
 
     def recommend(self, request: RecommendRequest) -> RecommendResult:
-        """Run every stage; LLM re-ranking stops at the budget, never the recommendation."""
-        strategy = request.strategy or self.settings.strategy
+        """Run every stage; LLM re-ranking stops at the budget, never the recommendation.
+
+        Each stage's wall time goes into ``RecommendResult.stage_ms``.
+        """
+        settings = self.settings_for(request.tenant)
+        strategy = request.strategy or settings.strategy
         if strategy not in STRATEGIES:
             raise InvalidInput(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
         if not request.user_id and not request.positive_ids and not request.context:
             raise InvalidInput("a recommendation needs a user_id, positive_ids or context text")
-        examples = self.examples(request)
+        timer = StageTimer()
+        with timer.stage("profile"):
+            examples = self.examples(request)
         item_filter = self._unseen(request, examples)
         rerank = self.rerank.wanted(request, has_query=bool(examples.positives))
         limit = self.rerank.pool_size(request, rerank=rerank)
         if request.diversity is not None:
             limit = max(limit, 3 * request.top_k)
-        fusion = request.fusion or self.settings.fusion
-        channels = (self.channels.build(examples, request, strategy, limit)
-                    if examples.positives or examples.negatives else [])
-        history_channels = (*BEHAVIOUR_CHANNELS, self.settings.content_vector)
+        fusion = request.fusion or settings.fusion
+        with timer.stage("encode"):
+            channels = (self.channels.build(examples, request, strategy, limit)
+                        if examples.positives or examples.negatives else [])
+        history_channels = (*BEHAVIOUR_CHANNELS, settings.content_vector)
         has_history = any(c.using in history_channels for c in channels)
-        if has_history:
-            hits = self.store.hybrid_search(HybridQuery(
-                channels=channels, limit=limit, tenant=request.tenant, fusion=fusion,
-                rrf_k=request.rrf_k or self.settings.rrf_k, filter=item_filter,
-                with_channel_hits=request.explain))
-            names = [c.using for c in channels]
-            if len(hits) < limit:
-                hits, filled = self._fill(hits, request, item_filter, limit)
-                names += [POPULARITY] if filled else []
-        else:
-            hits, names = self._popular(request, item_filter, limit)
-        query = self._rerank_query(examples, request) if rerank else RerankQuery()
-        ranked = self.rerank.apply(hits, query, request, rerank=rerank)
+        with timer.stage("retrieve"):
+            if has_history:
+                hits, names = self._fused(channels, request, item_filter, limit, fusion)
+            else:
+                hits, names = self._popular(request, item_filter, limit)
+        with timer.stage("rerank"):
+            query = self._rerank_query(examples, request) if rerank else RerankQuery()
+            ranked = self.rerank.apply(hits, query, request, rerank=rerank)
         items = ranked.items
         if request.diversity is not None and len(items) > 1:
-            items = self._diversify(items, request)
+            with timer.stage("diversify"):
+                items = self._diversify(items, request)
         items = items[:request.top_k]
-        explanations = (self._explain(items, examples, request, ranked.deadline)
-                        if request.explain else None)
+        explanations = None
+        if request.explain:
+            with timer.stage("explain"):
+                explanations = self._explain(items, examples, request, ranked.deadline)
         return RecommendResult(hits=search_hits(items), channels=names, fusion=fusion,
                                strategy=strategy, cold_start=not has_history,
                                reranked=ranked.reranked,
                                budget_exhausted=ranked.budget_exhausted,
-                               explanations=explanations)
+                               explanations=explanations, stage_ms=timer.ms)
+
+    def _fused(self, channels: list[ChannelQuery], request: RecommendRequest,
+               item_filter: ItemFilter, limit: int, fusion: Fusion
+               ) -> tuple[list[FusedHit], list[str]]:
+        """The history's channels in one fused store query, topped up with popular items."""
+        hits = self.store.hybrid_search(HybridQuery(
+            channels=channels, limit=limit, tenant=request.tenant, fusion=fusion,
+            rrf_k=request.rrf_k or self.settings_for(request.tenant).rrf_k, filter=item_filter,
+            with_channel_hits=request.explain))
+        names = [c.using for c in channels]
+        if len(hits) < limit:
+            hits, filled = self._fill(hits, request, item_filter, limit)
+            names += [POPULARITY] if filled else []
+        return hits, names
 
     def _unseen(self, request: RecommendRequest, examples: Examples) -> ItemFilter:
         """The request's filter, with the seen items excluded unless asked to keep them."""
@@ -143,10 +168,11 @@ class Recommender:
         RRF; popular items that do not match the context never come in.
         """
         channels = []
+        settings = self.settings_for(request.tenant)
         if request.context:  # its channels that are on (a weight of 0 switches one off)
             encoded = self.channels.vectoriser.query(request.context, None)
             weights = self.channels.weights(request)
-            channels = [ChannelQuery(name, vector, self.settings.candidates, weight)
+            channels = [ChannelQuery(name, vector, settings.candidates, weight)
                         for name, vector in encoded.vectors.items()
                         if (weight := weights.get(name, 1.0)) > 0]
         if not channels:
@@ -154,7 +180,7 @@ class Recommender:
             return [FusedHit(h.record, h.score) for h in popular], [POPULARITY]
         hits = self.store.hybrid_search(HybridQuery(
             channels=channels, limit=limit, tenant=request.tenant, filter=item_filter,
-            rrf_k=self.settings.rrf_k, with_channel_hits=request.explain,
+            rrf_k=settings.rrf_k, with_channel_hits=request.explain,
             popularity_weight=1.0))
         return hits, [c.using for c in channels] + [POPULARITY]
 
@@ -203,14 +229,15 @@ class Recommender:
 
         With the co-occurrence channel the attribution is exact: its score is
         ``sum_p w_p e_p . e_j``, so history item ``p`` contributed ``w_p e_p . e_j``.
-        Without it, the history items closest on the content vector (recency-weighted).
+        Without it (or when it serves another tenant), the history items closest on
+        the content vector (recency-weighted).
         """
         history = examples.positives[-self.profiles.settings.recent:]
         none: list[list[str]] = [[] for _ in items]
         if not history:
             return none
         ids = [i.hit.record.id for i in items]
-        cooccurrence = self.channels.models.get(COOCCURRENCE)
+        cooccurrence = self.channels.models.for_tenant(request.tenant).get(COOCCURRENCE)
         if isinstance(cooccurrence, CooccurrenceModel):
             vectors = cooccurrence.embeddings_of([*history, *ids])
             decay = cooccurrence.decay

@@ -14,7 +14,8 @@ settings over a few hundred users picking noise). The result, a
 :class:`TunedFusion`, says what was chosen, the NDCG of each channel alone, of
 the defaults and of the choice, the grid size and the seconds spent;
 ``mmrec train-seq`` writes it beside the behaviour models as
-``fusion.json`` and the engine applies it (:meth:`TunedFusion.apply`).
+``fusion.json`` and the engine applies it (:meth:`TunedFusion.apply`) to the
+recommendations of the tenant it was tuned on (``TunedFusion.tenant``) only.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import RecommendSettings
-from engine.domain import InvalidInput, ModelUnavailable
+from engine.domain import DEFAULT_TENANT, InvalidInput, ModelUnavailable
 from engine.evaluation import mean_metrics, metrics_from_ranks
 from engine.recommend.offline import (
     FusionSettings,
@@ -216,6 +217,9 @@ class TunedFusion:
     seconds: float
     """The whole search: channel lists and every setting."""
     notes: dict[str, Any] = field(default_factory=dict)
+    tenant: str = DEFAULT_TENANT
+    """The tenant whose log and models it was tuned on: the only one it applies to (a file
+    without one, from before fusions were bound to a tenant, is the default tenant's)."""
 
     def apply(self, recommend: RecommendSettings) -> RecommendSettings:
         """The ``recommend`` settings with these weights (over the others), k and fusion."""
@@ -251,6 +255,7 @@ class TunedFusion:
             "valid_ndcg@10": f"{self.valid_ndcg:.4f} (defaults {self.defaults_ndcg:.4f})",
             "valid_ndcg@10 alone": alone,
             "search": f"{self.grid_size} settings on {self.users} users in {self.seconds:.1f} s",
+            "tenant": self.tenant,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -284,7 +289,8 @@ class TunedFusion:
                        defaults_ndcg=float(data["defaults_ndcg"]),
                        defaults=FusionSettings.from_json(data["defaults"]),
                        users=int(data["users"]), grid_size=int(data["grid_size"]),
-                       seconds=float(data["seconds"]), notes=dict(data.get("notes", {})))
+                       seconds=float(data["seconds"]), notes=dict(data.get("notes", {})),
+                       tenant=str(data.get("tenant", DEFAULT_TENANT)))
         except (OSError, ValueError, KeyError, TypeError, AttributeError, InvalidInput) as exc:
             raise ModelUnavailable(f"tuned fusion settings in {path} are unusable ({exc}); "
                                    f"{_RETUNE}") from exc
@@ -323,4 +329,4 @@ def tune_fusion(stage: OfflineFirstStage, histories: Sequence[Sequence[str]],
         alone={c: round(v, 6) for c, v in alone.items()},
         defaults_ndcg=round(scores[0], 6), defaults=defaults, users=len(pairs),
         grid_size=len(candidates) - 1, seconds=round(time.perf_counter() - started, 2),
-        notes={"unscorable": len(histories) - len(pairs), "k": k})
+        notes={"unscorable": len(histories) - len(pairs), "k": k}, tenant=stage.tenant)

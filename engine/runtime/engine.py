@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
-
 from engine import __version__
-from engine.behaviour import BehaviourModel
-from engine.config import EngineConfig
+from engine.behaviour import BehaviourModel, ServedModels
+from engine.config import EngineConfig, RecommendSettings
 from engine.domain import (
     BEHAVIOUR,
     BEHAVIOUR_CHANNELS,
@@ -89,13 +87,12 @@ class Engine:
         self.schema = VectorSchema(dense={FUSED: self.fuser.dim, **dims,
                                           **behaviour_dims(config)}, sparse=sparse,
                                    analysers=analysers)
-        self.behaviour: dict[str, BehaviourModel] = {}
-        """Loaded behaviour models by the named vector they fill (SASRec, then co-occurrence)."""
+        self.behaviour = ServedModels()
+        """Behaviour models by the named vector they fill, each serving its own tenant only."""
         for name, model in ((BEHAVIOUR, models.sequential), (COOCCURRENCE, models.cooccurrence)):
             if model is not None:
                 self._check_dim(name, model)
-                self.behaviour[name] = model
-        self._derived = self._derived_vectors()
+                self.behaviour.serve(name, model, model.tenant)
         self._store = store if store is not None else open_store(config.store, self.schema)
         self.users = users if users is not None else open_user_store(
             config.store, {"profile": self.fuser.dim})
@@ -113,15 +110,14 @@ class Engine:
         self.profiles = ProfileBook(self.users, self._store, config.profiles,
                                     content_vector=config.recommend.content_vector)
         self.fusion, self.fusion_status = fusion, fusion_status
-        self.recommend_settings = fusion.apply(config.recommend) if fusion else config.recommend
-        """The recommend section with the tuned fusion over it (a request's own still win)."""
+        tuned = {fusion.tenant: fusion.apply(config.recommend)} if fusion else {}
         channels = RecommendChannels(self.profiles, self._store, self.vectoriser, self.behaviour,
-                                     self.recommend_settings)
+                                     config.recommend, tuned=tuned)
         self.recommender = Recommender(
             channels, RerankStage(zero_shot(models.reranker,
                                             config.rerank.zero_shot_recommend_weight),
                                   off, config.rerank),
-            explainer, self.recommend_settings)
+            explainer, config.recommend)
         self.trained_reranker_status: ModelStatus | None = None
 
     def use_reranker(self, reranker: Reranker | None, status: ModelStatus) -> None:
@@ -142,13 +138,18 @@ class Engine:
 
     @property
     def sequential(self) -> BehaviourModel | None:
-        """The SASRec behaviour model, when one is loaded."""
+        """The SASRec behaviour model, when one is loaded (whichever tenant it serves)."""
         return self.behaviour.get(BEHAVIOUR)
 
     @property
     def cooccurrence(self) -> BehaviourModel | None:
-        """The co-occurrence model, when one is loaded."""
+        """The co-occurrence model, when one is loaded (whichever tenant it serves)."""
         return self.behaviour.get(COOCCURRENCE)
+
+    def recommend_settings(self, tenant: str) -> RecommendSettings:
+        """The recommend section ``tenant``'s requests start from: with the fusion tuned for
+        that tenant over it, when train-seq tuned one for it (a request's own knobs still win)."""
+        return self.recommender.channels.settings_for(tenant)
 
     @property
     def store(self) -> VectorStore:
@@ -202,13 +203,12 @@ class Engine:
 
         Each item needs text or an image that some enabled channel can read;
         otherwise InvalidInput names the item. Items a loaded behaviour model
-        knows get its vector too, so re-indexing keeps them.
+        knows get its vector too, so re-indexing keeps them; only items of the
+        tenant the model serves, as ids of different tenants name different items.
         """
         stored = []
         for item, vectors in zip(items, self.vectoriser.items(items), strict=True):
-            for name, by_id in self._derived.items():
-                if item.record.id in by_id:
-                    vectors[name] = by_id[item.record.id]
+            vectors.update(self.behaviour.vectors_of(item.record.id, item.record.tenant))
             stored.append(StoredItem(record=item.record, vectors=vectors))
         return stored
 
@@ -252,17 +252,6 @@ class Engine:
         return self.store.delete(ids, tenant=tenant)
 
     # ------------------------------------------------------------ behaviour
-    def _derived_vectors(self) -> dict[str, dict[str, np.ndarray]]:
-        """Vector name -> item id -> vector, of the loaded behaviour models (for re-indexing).
-
-        Keyed by item id across tenants: the models are trained per catalog.
-        """
-        derived = {}
-        for name, model in self.behaviour.items():
-            ids, vectors = model.item_vectors()
-            derived[name] = dict(zip(ids, vectors, strict=True))
-        return derived
-
     def record_events(self, events: Sequence[Event]) -> RecordOutcome:
         """Fold interaction events into their users' profiles (bad events are refused)."""
         return self.profiles.record(events)
@@ -279,7 +268,10 @@ class Engine:
         """Serve a newly trained behaviour model: store its item vectors, query with it.
 
         ``name`` is the named vector it fills (``behaviour`` for SASRec,
-        ``cooccurrence``). Returns how many stored items received a vector.
+        ``cooccurrence``); ``tenant`` is the one whose log trained it, the only
+        tenant whose items get its vectors and whose requests it answers (it
+        replaces the channel's model for any other tenant). Returns how many
+        stored items received a vector.
         """
         if name not in BEHAVIOUR_CHANNELS:
             raise InvalidInput(f"no behaviour channel {name!r}; one of {BEHAVIOUR_CHANNELS}")
@@ -292,8 +284,7 @@ class Engine:
         for start in range(0, len(ids), 512):
             chunk = dict(zip(ids[start:start + 512], vectors[start:start + 512], strict=True))
             updated += self.store.set_vectors(chunk, tenant=tenant, using=name)
-        self.behaviour[name] = model
-        self._derived[name] = dict(zip(ids, vectors, strict=True))
+        self.behaviour.serve(name, model, tenant)
         return updated
 
     # ------------------------------------------------------------------- info
@@ -306,8 +297,7 @@ class Engine:
             models.append(self.models.reranker_status)
         if self.trained_reranker_status is not None:
             models.append(self.trained_reranker_status)
-        if self.models.sequential_status is not None:
-            models.append(self.models.sequential_status)
+        models.extend(self._behaviour_statuses())
         if self.fusion_status is not None:
             models.append(self.fusion_status)
         enabled = {CLIP: self.clip is not None, TEXT: True}
@@ -323,6 +313,20 @@ class Engine:
                                               name in self.behaviour))
         return EngineInfo(version=__version__, device=self.device, store=self.store.description,
                           item_count=self.store.count(), models=models, channels=channels)
+
+    def _behaviour_statuses(self) -> list[ModelStatus]:
+        """Each behaviour channel's model and the tenant it serves (``details["tenant"]``)."""
+        statuses = []
+        loaded = self.models.sequential_status
+        for name, label in ((BEHAVIOUR, "SASRec"), (COOCCURRENCE, "co-occurrence")):
+            tenant = self.behaviour.tenant_of(name)
+            if tenant is not None:
+                if name == BEHAVIOUR and loaded is not None and loaded.loaded:
+                    label = loaded.name
+                statuses.append(ModelStatus(name, label, True, details={"tenant": tenant}))
+            elif name == BEHAVIOUR and loaded is not None:
+                statuses.append(loaded)
+        return statuses
 
     def close(self) -> None:
         """Flush and close the stores."""

@@ -82,7 +82,11 @@ def load_llm_reranker(config: EngineConfig, device: str
 
 def load_sequential(config: EngineConfig, device: str
                      ) -> tuple[SequentialModel | None, ModelStatus | None]:
-    """The trained behaviour model when one is saved; the engine works without it."""
+    """The trained behaviour model when one is saved; the engine works without it.
+
+    The model serves the tenant its ``model.json`` names (the default tenant when
+    it names none); the status says which.
+    """
     if not config.behaviour.enabled:
         return None, ModelStatus(BEHAVIOUR, "", False, "disabled in the configuration")
     folder = config.behaviour_path()
@@ -94,11 +98,15 @@ def load_sequential(config: EngineConfig, device: str
     except ModelUnavailable as exc:
         log.warning("behaviour channel off: %s", exc)
         return None, ModelStatus(BEHAVIOUR, str(folder), False, str(exc))
-    return model, ModelStatus(BEHAVIOUR, f"SASRec at {folder}", True)
+    return model, ModelStatus(BEHAVIOUR, f"SASRec at {folder}", True,
+                              details={"tenant": model.tenant})
 
 
 def load_cooccurrence(config: EngineConfig) -> CooccurrenceModel | None:
-    """The saved co-occurrence embeddings, when ``mmrec train-seq`` wrote them."""
+    """The saved co-occurrence embeddings, when ``mmrec train-seq`` wrote them.
+
+    They serve the tenant ``cooccurrence.json`` names (the default one when it names none).
+    """
     if not (config.behaviour.enabled and config.behaviour.cooccurrence_dim):
         return None
     folder = config.behaviour_path()

@@ -10,7 +10,8 @@ nearest neighbours are exactly the model's top items. Vectors therefore have
 ``dim + 1`` components.
 
 A model folder holds ``weights.safetensors`` and ``model.json`` (vocabulary,
-settings, format version, training facts).
+settings, format version, training facts, and the tenant whose log trained it:
+the engine serves the model to that tenant only).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from engine.behaviour.mips import mips_items, mips_queries
 from engine.behaviour.sequential.model import PAD, SasRec
 from engine.behaviour.sequential.settings import SequentialSettings
-from engine.domain import ModelUnavailable
+from engine.domain import DEFAULT_TENANT, ModelUnavailable
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
@@ -60,13 +61,15 @@ class SequentialModel:
     """
 
     def __init__(self, network: SasRec, item_ids: Sequence[str], settings: SequentialSettings,
-                 facts: TrainingFacts | None = None) -> None:
+                 facts: TrainingFacts | None = None, *, tenant: str = DEFAULT_TENANT) -> None:
         if network.n_items != len(item_ids):
             raise ValueError(f"network has {network.n_items} items, vocabulary {len(item_ids)}")
         self.network = network.eval()
         self.item_ids: list[str] = list(item_ids)
         self.settings = settings
         self.facts = facts or TrainingFacts(n_items=len(item_ids))
+        self.tenant = tenant
+        """The tenant whose interaction log trained the model: the only one it serves."""
         self._index = {item: i + 1 for i, item in enumerate(self.item_ids)}
         if len(self._index) != len(self.item_ids):
             raise ValueError("item ids must be unique")
@@ -141,18 +144,24 @@ class SequentialModel:
         save_file(state, str(folder / WEIGHTS_FILE))
         meta = {"format_version": FORMAT_VERSION, "kind": "sasrec",
                 "settings": self.settings.to_dict(), "facts": asdict(self.facts),
-                "item_ids": self.item_ids}
+                "tenant": self.tenant, "item_ids": self.item_ids}
         (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path, device: str = "cpu") -> SequentialModel:
-        """Read a model written by :meth:`save`; raises ModelUnavailable if it cannot be used."""
+        """Read a model written by :meth:`save`; raises ModelUnavailable if it cannot be used.
+
+        A ``model.json`` without a ``tenant`` (written before models were bound to
+        one) is read as the default tenant's, train-seq's default; one trained then
+        with ``--tenant`` must be trained again to serve its tenant.
+        """
         folder = Path(folder)
         meta = _read_meta(folder)
         try:
             settings = SequentialSettings.from_dict(meta["settings"])
             facts = TrainingFacts(**meta.get("facts", {}))
             item_ids = [str(i) for i in meta["item_ids"]]
+            tenant = str(meta.get("tenant", DEFAULT_TENANT))
             network = build_network(len(item_ids), settings)
             network.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device="cpu"))
         except FileNotFoundError as exc:
@@ -162,7 +171,7 @@ class SequentialModel:
             raise ModelUnavailable(
                 f"sequential model in {folder} is unreadable ({type(exc).__name__}: {exc}); "
                 f"{_RETRAIN}") from exc
-        return cls(network.to(device), item_ids, settings, facts)
+        return cls(network.to(device), item_ids, settings, facts, tenant=tenant)
 
 
 def build_network(n_items: int, settings: SequentialSettings) -> SasRec:

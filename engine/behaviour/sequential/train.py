@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from engine.behaviour.sequential.artifact import SequentialModel, TrainingFacts, build_network
 from engine.behaviour.sequential.model import PAD, SasRec
 from engine.behaviour.sequential.settings import SequentialSettings, Window
-from engine.domain import InvalidInput
+from engine.domain import DEFAULT_TENANT, InvalidInput
 from engine.evaluation import leave_one_out, mean_metrics, metrics_from_ranks, target_ranks
 
 __all__ = ["SequentialSettings", "evaluate_next_item", "train_sequential", "validation_split"]
@@ -70,7 +70,8 @@ def validation_split(sequences: Sequence[Sequence[str]]
 
 def train_sequential(sequences: Sequence[Sequence[str]], settings: SequentialSettings,
                      *, valid_targets: Sequence[str | None] | None = None,
-                     refit: bool = False, progress: bool = True) -> SequentialModel:
+                     refit: bool = False, progress: bool = True,
+                     tenant: str = DEFAULT_TENANT) -> SequentialModel:
     """Train a model on user sequences (item ids in time order, one sequence per user).
 
     ``valid_targets[u]`` is user ``u``'s held-out next item (None: no target);
@@ -81,6 +82,7 @@ def train_sequential(sequences: Sequence[Sequence[str]], settings: SequentialSet
     has learned each user's latest step too (twice the time; on MovieLens-100k
     test NDCG@10 0.088 -> 0.095, see the module docstring).
     Same sequences and settings (seed and threads included) give the same model.
+    ``tenant`` is the tenant whose sequences these are: the model serves it only.
     """
     if valid_targets is not None and len(valid_targets) != len(sequences):
         raise InvalidInput(f"valid_targets has {len(valid_targets)} entries for "
@@ -115,7 +117,7 @@ def train_sequential(sequences: Sequence[Sequence[str]], settings: SequentialSet
     facts = TrainingFacts(epochs_run=epochs_run, best_epoch=best_epoch, best_valid_ndcg=best_ndcg,
                           refit_epochs=refit_epochs, train_seconds=round(seconds, 2),
                           n_sequences=len(sequences), n_items=len(item_ids))
-    return SequentialModel(network, item_ids, settings, facts)
+    return SequentialModel(network, item_ids, settings, facts, tenant=tenant)
 
 
 def _fit(trainable: list[np.ndarray], encoded: list[np.ndarray],
