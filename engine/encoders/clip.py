@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, Self
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 
@@ -121,7 +120,11 @@ def load_clip_encoder(spec: ClipSpec, device: str, batch_size: int) -> OpenClipE
     Random weights are built under a fixed seed (without disturbing the
     caller's RNG) so that a test can pin their output. Failures to load a
     weights file (corrupt, wrong architecture) become :class:`ModelUnavailable`.
+    open_clip (with timm and torchvision, ~4 s of imports) is imported here, on the
+    first CLIP load, so a service with CLIP off never pays for it.
     """
+    import open_clip
+
     arch_cfg = open_clip.get_model_config(spec.arch) or {}
     kwargs = _create_kwargs(spec, arch_cfg)
     try:
@@ -184,6 +187,8 @@ def _create_kwargs(spec: ClipSpec, arch_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _tokenizer(arch: str, arch_cfg: dict[str, Any]) -> Callable[[list[str]], torch.Tensor]:
     """open_clip's tokenizer for ``arch``; Hugging Face tokenizers are read from the cache only."""
+    import open_clip
+
     text_cfg = arch_cfg.get("text_cfg", {})
     try:
         if text_cfg.get("hf_tokenizer_name"):

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
@@ -38,6 +37,14 @@ OPEN_CLIP_URL_CACHE = Path("~/.cache/clip")
 
 _OPEN_CLIP_HF_WEIGHTS = "open_clip_pytorch_model.bin"
 _OPEN_CLIP_HF_SAFE_WEIGHTS = "open_clip_model.safetensors"
+
+
+def _open_clip() -> Any:
+    """The open_clip module, imported on first use: with timm and torchvision it costs ~4 s
+    of start-up, which a service with CLIP off should not pay."""
+    return importlib.import_module("open_clip")
+
+
 _LIST_MODELS_HINT = "python -c 'import open_clip; print(open_clip.list_models())'"
 _PRETRAINED_FIX = (
     "Put the weights file on this machine and set clip.pretrained = \"/path/to/weights\" "
@@ -121,7 +128,7 @@ def resolve_clip_spec(settings: ClipSettings, *, hf_cache_dir: Path | None = Non
             f"Set clip.pretrained to a tag such as 'laion2b_s34b_b79k' whose weights are cached, "
             f"or to a local file. {_PRETRAINED_FIX}"
         )
-    if open_clip.is_pretrained_cfg(arch, pretrained):
+    if _open_clip().is_pretrained_cfg(arch, pretrained):
         return _spec_for_tag(base, pretrained, hf_cache_dir)
     if _looks_like_path(pretrained):
         path = Path(pretrained).expanduser().resolve()
@@ -131,7 +138,7 @@ def resolve_clip_spec(settings: ClipSettings, *, hf_cache_dir: Path | None = Non
                 f"Fix the path or copy the weights there. {_PRETRAINED_FIX}"
             )
         return replace(base, weights=path, label=str(path))
-    tags = open_clip.list_pretrained_tags_by_model(arch)
+    tags = _open_clip().list_pretrained_tags_by_model(arch)
     raise ModelUnavailable(
         f"clip.pretrained={pretrained!r} is neither a known open_clip tag for {arch} "
         f"(known: {', '.join(tags) or 'none'}) nor a path to a weights file. {_PRETRAINED_FIX}"
@@ -190,9 +197,9 @@ def _arch_config(model: str) -> dict[str, Any]:
             f"(they fetch configs from the hub). Use a built-in architecture name "
             f"(list them with {_LIST_MODELS_HINT}) and point clip.pretrained at a weights file."
         )
-    cfg = open_clip.get_model_config(name.replace("/", "-"))
+    cfg = _open_clip().get_model_config(name.replace("/", "-"))
     if cfg is None:
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+        close = difflib.get_close_matches(name, _open_clip().list_models(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ModelUnavailable(
             f"unknown open_clip architecture {name!r} (clip.model).{hint} "
@@ -233,7 +240,7 @@ def _check_hf_text_assets(
 
 def _spec_for_tag(base: ClipSpec, tag: str, hf_cache_dir: Path | None) -> ClipSpec:
     """``base`` with the locally cached weights of an open_clip tag, or ModelUnavailable."""
-    cfg = open_clip.get_pretrained_cfg(base.arch, tag)
+    cfg = _open_clip().get_pretrained_cfg(base.arch, tag)
     looked: list[str] = []
     path = _local_tag_weights(cfg, hf_cache_dir, looked)
     if path is None:
