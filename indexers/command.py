@@ -73,7 +73,7 @@ def index(
         "dead-lettered and nothing outside is opened.")] = False,
     max_image_bytes: Annotated[int | None, typer.Option(
         min=1, help="Largest image file or download, checked before reading; default: "
-        "the config's service.max_image_bytes (20 MiB).")] = None,
+        "the config's service.limits.max_image_bytes (20 MiB).")] = None,
     max_row_bytes: Annotated[int, typer.Option(
         min=1, help="Largest catalog row; a longer one is dead-lettered without being "
         "parsed.")] = MAX_ROW_BYTES,
@@ -102,7 +102,7 @@ def index(
     quiet_model_loading()
     fetch = FetchOptions(allow_http=allow_http, timeout=http_timeout, retries=http_retries,
                          allow_outside_paths=allow_outside_paths,
-                         max_bytes=max_image_bytes or cfg.service.max_image_bytes)
+                         max_bytes=max_image_bytes or cfg.service.limits.max_image_bytes)
     try:
         summary = run_index_job(
             cfg, source, service=service, source_format=source_format, fetch=fetch,

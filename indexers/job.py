@@ -62,12 +62,12 @@ def run_index_job(
 
     The checkpoint and the dead-letter file of each catalog live in
     ``DATA_DIR/jobs/`` (``.mmrec/jobs/`` for a service target) unless given. ``fetch``
-    defaults to the service's image size limit (``service.max_image_bytes``), so a job
+    defaults to the service's image size limit (``service.limits.max_image_bytes``), so a job
     and an UpsertItems call accept the same images; its ``allow_outside_paths`` also
     lets a folder's captions lie outside it. ``max_row_bytes`` and ``schema`` (CSV column
     types) go to the reader (``indexers.sources.open_source``).
     """
-    fetch = fetch or FetchOptions(max_bytes=config.service.max_image_bytes)
+    fetch = fetch or FetchOptions(max_bytes=config.service.limits.max_image_bytes)
     source = open_source(source_path, format=source_format, max_row_bytes=max_row_bytes,
                          schema=schema, allow_outside_paths=fetch.allow_outside_paths)
     jobs = checkpoint_dir or (Path(".mmrec/jobs") if service else config.store.data_dir / "jobs")

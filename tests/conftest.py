@@ -37,8 +37,9 @@ def make_config(data_dir: Path, text_dir: Path, clip: ClipSettings | None = None
         text_encoder={"model": str(text_dir)},
         rerank={"model": str(llm_dir or ""), "budget_ms": 10_000},
         store={"data_dir": data_dir},
-        service={"default_top_k": 5, "max_top_k": 50, "max_text_chars": 200,
-                 "max_image_bytes": 200_000, "max_ids_per_request": 20},
+        service={"default_top_k": 5, "limits": {
+            "max_top_k": 50, "max_text_chars": 200, "max_image_bytes": 200_000,
+            "max_ids_per_request": 20}},
     )
 
 

@@ -32,7 +32,7 @@ from tests.tiny_models import make_tiny_clip_settings
 
 QUIET = JobOptions(batch_size=4, progress=False)
 LIMIT = 200_000
-"""``service.max_image_bytes`` of the test config: the job's default image limit."""
+"""``service.limits.max_image_bytes`` of the test config: the job's default image limit."""
 runner = CliRunner()
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 

@@ -116,7 +116,7 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
     console.rule("1. index")
     # The catalog is ours: it names the stamps' images where `make data` put them, outside
     # the catalog's folder.
-    fetch = FetchOptions(allow_outside_paths=True, max_bytes=config.service.max_image_bytes)
+    fetch = FetchOptions(allow_outside_paths=True, max_bytes=config.service.limits.max_image_bytes)
     try:
         summary = run_index_job(config, catalog, fetch=fetch)
     except SchemaMismatch as exc:
@@ -140,9 +140,9 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
     console.print(f"auth is off: the demo binds to loopback ({LOOPBACK}); a service bound to "
                   "any other address requires API keys (`mmrec keys create`)")
     # The one re-ranked, explained search asks for DEMO_BUDGET_MS (LLM reasons on a CPU).
-    budget = max(config.service.max_rerank_budget_ms, DEMO_BUDGET_MS)
-    server = subprocess.Popen(command, env={**os.environ,
-                                            "MMREC_SERVICE__MAX_RERANK_BUDGET_MS": str(budget)})
+    budget = max(config.service.limits.max_rerank_budget_ms, DEMO_BUDGET_MS)
+    server = subprocess.Popen(command, env={
+        **os.environ, "MMREC_SERVICE__LIMITS__MAX_RERANK_BUDGET_MS": str(budget)})
     try:
         with MmrecClient(f"{LOOPBACK}:{port}", timeout=60) as client:
             started = time.perf_counter()

@@ -8,17 +8,24 @@ resulting :class:`EngineConfig` is passed down explicitly.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+)
+
+from engine.config.service import (
+    LOOPBACK_NAMES,
+    AuthSettings,
+    LimitsSettings,
+    ServiceSettings,
+    is_loopback,
 )
 
 Pooling = Literal["mean", "last_token", "cls"]
@@ -174,79 +181,22 @@ class StoreSettings(BaseModel):
         5000, ge=1,
         description="Service-side upserts after which a background HNSW build starts.",
     )
-
-
-class ServiceSettings(BaseModel):
-    """The gRPC service's limits and address."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(50051, ge=0, le=65535)
-    default_top_k: int = Field(10, ge=1)
-    max_top_k: int = Field(1000, ge=1)
-    max_text_chars: int = Field(4096, ge=1)
-    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
-    max_ids_per_request: int = Field(1000, ge=1)
-    workers: int = Field(4, ge=1, description="Threads for encoding and store calls.")
-    llm_workers: int = Field(
-        1, ge=1, description="Threads for requests that use the LLM (re-rank or written "
-        "reasons). They queue apart from `workers`, so slow LLM calls never hold up plain "
-        "searches, recommendations, writes or health checks; one is what 2 CPU cores can run.")
-    max_queued: int = Field(
-        64, ge=1, description="Requests waiting for a thread, per lane (plain, LLM), before "
-        "more are refused with RESOURCE_EXHAUSTED (retry with backoff).")
-    max_rerank_budget_ms: int = Field(
-        5000, ge=0, description="The most LLM time one request may ask for (rerank_budget_ms).")
-    max_rerank_top_k: int = Field(100, ge=1, description="The most candidates one request may "
-                                  "have re-ranked (rerank_top_k).")
-    max_filter_conditions: int = Field(
-        64, ge=1, description="Conditions in one filter (must + must_not).")
-    max_filter_values: int = Field(1024, ge=1, description="Values in one `any_of` condition.")
-    grace_seconds: float = Field(5.0, ge=0.0, description="Drain time on SIGTERM.")
-
-
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-"""Host names that mean the loopback interface (besides any loopback IP address)."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` listens only on this machine: a loopback address (127.0.0.0/8,
-    ::1, with or without brackets) or a loopback name. Empty, 0.0.0.0, [::] and every other
-    address or name are reachable from outside, so they are not."""
-    name = host.strip().strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-class AuthSettings(BaseModel):
-    """API keys, TLS and mTLS of the gRPC service (see README, Authentication)."""
-
-    enabled: bool | None = Field(
-        None, description="Require an API key on every RPC but health and reflection. Unset "
-        "(auto): on whenever `service.host` is not loopback, so a service reachable from "
-        "other machines never answers without a key unless this is set to false.")
-    key_file: Path | None = Field(
-        None, description="The hashed API keys `mmrec keys` writes and the service reads "
-        "(re-read when it changes); unset: <store.data_dir>/keys.json.")
-    tls_cert: Path | None = Field(None, description="PEM server certificate (chain); with "
-                                  "`tls_key`, the service listens with TLS only.")
-    tls_key: Path | None = Field(None, description="PEM private key of `tls_cert`.")
-    client_ca: Path | None = Field(
-        None, description="PEM CA certificates; set: every client must present a "
-        "certificate they signed (mTLS). Needs `tls_cert` and `tls_key`.")
-
-    @model_validator(mode="after")
-    def _tls_complete(self) -> AuthSettings:
-        """A certificate without its key (or the reverse), or a client CA without TLS, would
-        silently serve in plaintext: refuse the configuration instead."""
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("auth.tls_cert and auth.tls_key go together: set both or neither")
-        if self.client_ca is not None and self.tls_cert is None:
-            raise ValueError("auth.client_ca (mTLS) needs auth.tls_cert and auth.tls_key")
-        return self
+    retry_attempts: int = Field(
+        4, ge=1, description="Calls to a Qdrant server (store.url) in all, the first included, "
+        "for a store call that is safe to repeat (reads; upserts, deletes and payload sets by "
+        "point id) and failed in transport (refused connection, UNAVAILABLE, 502-504); 1: "
+        "never retry. Then the request fails UNAVAILABLE naming the server.")
+    retry_base_ms: float = Field(
+        50.0, gt=0.0, description="Longest wait before the first retry; each later one doubles "
+        "(exponential backoff), and the wait is drawn uniformly below it (full jitter), so "
+        "replicas that lost the server together do not retry in lockstep.")
+    retry_max_ms: float = Field(1000.0, gt=0.0, description="Cap of one wait between retries.")
+    retry_total_ms: float = Field(
+        5000.0, ge=0.0, description="No retry starts past this long after the first attempt; "
+        "a request's own gRPC deadline (less retry_deadline_margin_ms) bounds it further.")
+    retry_deadline_margin_ms: float = Field(
+        50.0, ge=0.0, description="Time kept before a request's deadline to answer with the "
+        "store's error (UNAVAILABLE) rather than let the deadline pass.")
 
 
 class ProfileSettings(BaseModel):
@@ -391,3 +341,24 @@ class EngineConfig(BaseSettings):
         with_file = {**cls.model_config, "toml_file": path}
         bound = type(cls.__name__, (cls,), {"model_config": with_file})
         return cls.model_validate(bound(**overrides).model_dump())
+
+
+__all__ = [
+    "LOOPBACK_NAMES",
+    "AuthSettings",
+    "BehaviourSettings",
+    "ChannelWeights",
+    "ClipSettings",
+    "EngineConfig",
+    "LimitsSettings",
+    "Pooling",
+    "ProfileSettings",
+    "RecommendSettings",
+    "RerankSettings",
+    "RetrievalSettings",
+    "ServiceSettings",
+    "StoreSettings",
+    "TextEncoderSettings",
+    "is_loopback",
+    "user_cache_dir",
+]

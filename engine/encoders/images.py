@@ -15,8 +15,12 @@ MAX_PIXELS = 64_000_000
 """Images larger than this (about 8000 x 8000) are refused as likely decompression bombs."""
 
 
-def decode_image(data: bytes, *, what: str = "image") -> Image.Image:
+def decode_image(data: bytes, *, what: str = "image", max_pixels: int = MAX_PIXELS
+                 ) -> Image.Image:
     """Decode encoded image bytes into an RGB image, or raise InvalidInput saying why.
+
+    ``max_pixels``: the largest width x height accepted (the service passes
+    ``service.limits.max_image_pixels``).
 
     The whole image is decoded here (``load``) so a truncated file fails now,
     with a message, rather than later inside an encoder.
@@ -28,9 +32,9 @@ def decode_image(data: bytes, *, what: str = "image") -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            if width * height > MAX_PIXELS:
+            if width * height > max_pixels:
                 raise InvalidInput(
-                    f"{what} is {width}x{height} pixels, above the limit of {MAX_PIXELS:,}; "
+                    f"{what} is {width}x{height} pixels, above the limit of {max_pixels:,}; "
                     "resize it before sending"
                 )
             image.load()

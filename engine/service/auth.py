@@ -4,7 +4,8 @@
 pass untouched; every Recommender RPC needs a valid key in its metadata
 (``authorization: Bearer KEY`` or ``x-api-key: KEY``) or answers UNAUTHENTICATED, and a key
 whose role is below the RPC's (:data:`ROLE_OF`) answers PERMISSION_DENIED before any message
-is read. The key's :class:`~engine.service.keys.Principal` is then put in
+is read, and a key over its call rate (:mod:`engine.service.ratelimit`) answers
+RESOURCE_EXHAUSTED. The key's :class:`~engine.service.keys.Principal` is then put in
 :data:`PRINCIPAL`, a context variable grpc.aio carries from the interceptor into the handler,
 where the servicer checks each request's tenant (:func:`tenant_refusal`): a unary call for
 another tenant is PERMISSION_DENIED, a streamed message for one is rejected by index and the
@@ -35,6 +36,7 @@ from engine.domain import (
     Unauthenticated,
 )
 from engine.service.keys import KeyFile, Principal, Role
+from engine.service.ratelimit import KeyRateLimiter
 from engine.service.status import status_code
 from engine.service.wire import SERVICE
 
@@ -146,8 +148,10 @@ def _refusal(handler: grpc.RpcMethodHandler, error: MmrecError) -> grpc.RpcMetho
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Checks the API key and role of every Recommender call; health and reflection pass."""
 
-    def __init__(self, keys: KeyFile) -> None:
+    def __init__(self, keys: KeyFile, limiter: KeyRateLimiter | None = None) -> None:
         self.keys = keys
+        self.limiter = limiter
+        """Each key's call rate (None: unlimited); checked after its role."""
         self.prefix = f"/{SERVICE.full_name}/"
 
     async def intercept_service(
@@ -164,6 +168,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         try:
             principal = authenticate(self.keys, details.invocation_metadata)
             authorise_role(principal, rpc)
+            if self.limiter is not None:
+                self.limiter.take(principal.key_id)
         except MmrecError as exc:
             return _refusal(handler, exc)
         PRINCIPAL.set(principal)
@@ -226,10 +232,17 @@ def hide_paths(text: str) -> str:
     return ABSOLUTE_PATH.sub(lambda m: "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
-def tenant_view(info: EngineInfo, item_count: int, store_kind: str) -> EngineInfo:
+def tenant_view(info: EngineInfo, item_count: int, store_kind: str,
+                tenants: frozenset[str]) -> EngineInfo:
     """What GetInfo tells a key: the count of its tenants' items only, the store's kind
-    without its path or address, and model names and reasons without absolute paths."""
+    without its path or address, and model names and reasons without absolute paths.
+
+    A model that serves one tenant (``details["tenant"]``: the behaviour models, the
+    tuned fusion) not among the key's ``tenants`` is shown off for it, without its
+    details: they name that tenant and describe its log."""
     models = [ModelStatus(m.role, hide_paths(m.name), m.loaded, hide_paths(m.reason),
                           {k: hide_paths(v) for k, v in m.details.items()})
+              if "tenant" not in m.details or m.details["tenant"] in tenants
+              else ModelStatus(m.role, hide_paths(m.name), False, "serves another tenant")
               for m in info.models]
     return dataclasses.replace(info, store=store_kind, item_count=item_count, models=models)

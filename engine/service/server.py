@@ -24,9 +24,12 @@ from engine.config import EngineConfig
 from engine.runtime.engine import Engine
 from engine.service import wire
 from engine.service.auth import ApiKeyInterceptor, log_auth_state, server_credentials
+from engine.service.health_monitor import StoreHealthMonitor
 from engine.service.keys import KeyFile
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
+from engine.service.ratelimit import KeyRateLimiter
 from engine.service.servicer import RecommenderService
+from engine.service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,20 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     service: RecommenderService
+    monitor: StoreHealthMonitor | None = None
+    """Flips health to NOT_SERVING while the store does not answer (None: not probing)."""
+    telemetry: Telemetry | None = None
+    """Request ids, access lines, metrics endpoint and tracing (engine.service.telemetry)."""
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let in-flight calls finish within ``grace`` seconds, then stop."""
+        if self.monitor is not None:
+            await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.service.close()
+        if self.telemetry is not None:
+            self.telemetry.close()
 
 
 async def start_server(engine: Engine, config: EngineConfig, *, port: int | None = None
@@ -58,15 +69,19 @@ async def start_server(engine: Engine, config: EngineConfig, *, port: int | None
     ``auth.tls_cert`` set, the port speaks TLS only (mTLS with ``auth.client_ca``).
     """
     settings = config.service
-    max_bytes = settings.max_image_bytes + 1024 * 1024
+    limits = settings.limits
     keys = KeyFile(config.key_path()) if config.auth_enabled() else None
+    telemetry = Telemetry(settings)  # request ids, metrics, tracing: outside the key check
     server = grpc.aio.server(
-        interceptors=[ApiKeyInterceptor(keys)] if keys is not None else None,
+        interceptors=[*telemetry.interceptors, *(
+            [ApiKeyInterceptor(keys, KeyRateLimiter.from_limits(limits))] if keys is not None
+            else [])],
         options=[
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_response_bytes),
         ])
     service = RecommenderService(engine, settings, auth=keys is not None)
+    telemetry.watch(engine, (service.plain, service.llm))  # service.metrics_port: endpoint
     wire.add_to_server(service, server)  # undecodable bytes: INVALID_ARGUMENT, not UNKNOWN
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -84,11 +99,18 @@ async def start_server(engine: Engine, config: EngineConfig, *, port: int | None
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    monitor = None
+    if settings.health_probe_seconds > 0:  # health follows the store (engine.store may change)
+        monitor = StoreHealthMonitor(
+            health_servicer, lambda: engine.store.reachable() and engine.users.reachable(),
+            ("", SERVICE_NAME), settings.health_probe_seconds)
+        monitor.start()
     log.info("mmrec serving %s on %s:%d (%s)", SERVICE_NAME, settings.host, bound,
              "plaintext" if credentials is None else
              "TLS, client certificates required" if config.auth.client_ca else "TLS")
     log_auth_state(config, keys)
-    return RunningServer(server=server, port=bound, health=health_servicer, service=service)
+    return RunningServer(server=server, port=bound, health=health_servicer, service=service,
+                         monitor=monitor, telemetry=telemetry)
 
 
 async def serve_until_signal(engine: Engine, config: EngineConfig,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -34,8 +35,10 @@ from engine.service.lanes import Lane
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 from engine.service.proto.mmrec.v1 import recommender_pb2_grpc as pb_grpc
 from engine.service.status import mapped_errors
+from engine.service.streams import StreamReader, Unread
 from engine.service.validate import RequestValidator, tenant, user_id
 from engine.service.wire import Malformed
+from engine.store.retry import deadline_scope
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +57,22 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         self.auth = auth
         """Whether calls must carry a key (then each request's tenant is checked against it)."""
         self.validate = RequestValidator(settings, {*engine.schema.dense, *engine.schema.sparse})
-        self.plain = Lane("plain", settings.workers, settings.max_queued)
-        self.llm = Lane("LLM", settings.llm_workers, settings.max_queued)
+        self.plain = Lane("plain", settings.workers, settings.limits.max_queued)
+        self.llm = Lane("LLM", settings.llm_workers, settings.limits.max_queued)
         self._writes_since_build = 0
 
     async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T],
                    *args: object, lane: Lane | None = None) -> T:
         """Run blocking engine work off the event loop in a lane (default: the plain one),
-        within the request's deadline."""
-        return await (lane or self.plain).run(fn, *args, timeout=context.time_remaining())
+        within the request's deadline; the store's retries see it too (``deadline_scope``)."""
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+
+        def bounded() -> T:
+            with deadline_scope(deadline):
+                return fn(*args)
+
+        return await (lane or self.plain).run(bounded, timeout=remaining)
 
     def _scope(self, value: str) -> str:
         """The tenant a unary request names (empty: the default), when the caller may use it:
@@ -98,10 +108,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         upserted = 0
         rejected: list[pb.RejectedItem] = []
         batch: dict[str, tuple[int, ItemInput]] = {}
-        index = -1
-        async for message in request_iterator:
-            index += 1
-            if isinstance(message, Malformed):  # undecodable bytes: reported, the stream goes on
+        reader = StreamReader(request_iterator, self.settings.limits)
+        async for index, message in reader:
+            if isinstance(message, Malformed | Unread):  # reported; after a Malformed one, go on
                 rejected.append(pb.RejectedItem(index=index, reason=str(message)))
                 continue
             try:
@@ -114,6 +123,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             if len(batch) >= UPSERT_BATCH:
                 upserted += await self._flush(context, batch, rejected)
         upserted += await self._flush(context, batch, rejected)
+        context.set_trailing_metadata(reader.trailer())
         return pb.UpsertItemsResponse(upserted=upserted, rejected=rejected)
 
     async def _flush(self, context: grpc.aio.ServicerContext,
@@ -184,15 +194,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         stream is applied in batches. The bounded queue pushes back on a client
         that sends faster than profiles are written.
         """
-        queue: asyncio.Queue[tuple[int, pb.Event | Malformed] | None] = asyncio.Queue(
+        queue: asyncio.Queue[tuple[int, pb.Event | Malformed | Unread] | None] = asyncio.Queue(
             4 * EVENT_BATCH)
+        stream = StreamReader(request_iterator, self.settings.limits)
 
         async def read() -> None:
-            index = -1
             try:
-                async for message in request_iterator:
-                    index += 1
-                    await queue.put((index, message))
+                async for pair in stream:
+                    await queue.put(pair)
             finally:  # a broken stream ends the call; what arrived is recorded
                 await queue.put(None)
 
@@ -225,18 +234,19 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         finally:
             reader.cancel()
         rejected.sort(key=lambda r: r.index)
+        context.set_trailing_metadata(stream.trailer())
         return pb.RecordEventsResponse(recorded=recorded, rejected=rejected,
                                        users_updated=len(users))
 
     @staticmethod
-    def _events(messages: list[tuple[int, pb.Event | Malformed]],
+    def _events(messages: list[tuple[int, pb.Event | Malformed | Unread]],
                 rejected: list[pb.RejectedEvent], principal: Principal | None
                 ) -> list[tuple[int, Event]]:
         """Wire events as domain events; undecodable ones and those with a bad tenant, or one
         the caller's key does not cover, go to ``rejected``."""
         batch = []
         for index, message in messages:
-            if isinstance(message, Malformed):
+            if isinstance(message, Malformed | Unread):
                 rejected.append(pb.RejectedEvent(index=index, reason=str(message)))
                 continue
             try:
@@ -281,7 +291,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if principal is not None:
             count = await self._run(context, self._item_count, principal.tenants)
             kind = "qdrant server" if self.engine.config.store.url else "qdrant-edge shard"
-            info = tenant_view(info, count, kind)
+            info = tenant_view(info, count, kind, principal.tenants)
         return convert.info_response(info)
 
     def _item_count(self, tenants: frozenset[str]) -> int:

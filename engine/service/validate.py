@@ -69,6 +69,7 @@ class RequestValidator:
 
     def __init__(self, settings: ServiceSettings, channels: Collection[str]) -> None:
         self.settings = settings
+        self.limits = settings.limits
         self.channels = frozenset(channels)
 
     # -- the knobs Search and Recommend share -------------------------------------------------
@@ -76,16 +77,16 @@ class RequestValidator:
     def shared(self, request: pb.SearchRequest | pb.RecommendRequest,
                time_remaining: float | None) -> dict[str, Any]:
         """The checked knobs both requests have, as keyword arguments of either domain request."""
-        s = self.settings
-        if request.top_k > s.max_top_k:
+        s, lim = self.settings, self.limits
+        if request.top_k > lim.max_top_k:
             raise InvalidInput(f"top_k {request.top_k} is out of range: ask for 1 to "
-                               f"{s.max_top_k} results (0 means {s.default_top_k})")
-        if request.rerank_budget_ms > s.max_rerank_budget_ms:
+                               f"{lim.max_top_k} results (0 means {s.default_top_k})")
+        if request.rerank_budget_ms > lim.max_rerank_budget_ms:
             raise InvalidInput(f"rerank_budget_ms {request.rerank_budget_ms} is above this "
-                               f"server's limit of {s.max_rerank_budget_ms}; ask for less")
-        if request.rerank_top_k > s.max_rerank_top_k:
+                               f"server's limit of {lim.max_rerank_budget_ms}; ask for less")
+        if request.rerank_top_k > lim.max_rerank_top_k:
             raise InvalidInput(f"rerank_top_k {request.rerank_top_k} is above this server's "
-                               f"limit of {s.max_rerank_top_k}")
+                               f"limit of {lim.max_rerank_top_k}")
         self._filter_size(request.filter)
         hybrid = self._hybrid(request.hybrid)
         return dict(
@@ -98,18 +99,18 @@ class RequestValidator:
 
     def _filter_size(self, message: pb.Filter) -> None:
         """InvalidInput when a filter is larger than the limits (checked before it is read)."""
-        s = self.settings
+        lim = self.limits
         conditions = len(message.must) + len(message.must_not)
-        if conditions > s.max_filter_conditions:
+        if conditions > lim.max_filter_conditions:
             raise InvalidInput(f"the filter has {conditions} conditions; the limit is "
-                               f"{s.max_filter_conditions}: use `any_of` for a set of values")
+                               f"{lim.max_filter_conditions}: use `any_of` for a set of values")
         for condition in (*message.must, *message.must_not):
-            if len(condition.any_of.values) > s.max_filter_values:
+            if len(condition.any_of.values) > lim.max_filter_values:
                 raise InvalidInput(f"filter on {condition.key!r}: {len(condition.any_of.values)}"
-                                   f" values in `any_of`; the limit is {s.max_filter_values}")
-        if len(message.exclude_ids) > s.max_ids_per_request:
+                                   f" values in `any_of`; the limit is {lim.max_filter_values}")
+        if len(message.exclude_ids) > lim.max_ids_per_request:
             raise InvalidInput(f"{len(message.exclude_ids)} exclude_ids; the limit is "
-                               f"{s.max_ids_per_request}")
+                               f"{lim.max_ids_per_request}")
 
     def _hybrid(self, hybrid: pb.HybridParams) -> dict[str, Any]:
         unknown = sorted(set(hybrid.channel_weights) - self.channels)
@@ -131,9 +132,9 @@ class RequestValidator:
                     weights=dict(hybrid.channel_weights), candidates=hybrid.candidates)
 
     def _text(self, value: str, name: str) -> str:
-        if len(value) > self.settings.max_text_chars:
+        if len(value) > self.limits.max_text_chars:
             raise InvalidInput(f"`{name}` has {len(value)} characters; the limit is "
-                               f"{self.settings.max_text_chars}: shorten it")
+                               f"{self.limits.max_text_chars}: shorten it")
         return value.strip()
 
     # -- one method per request ---------------------------------------------------------------
@@ -145,10 +146,11 @@ class RequestValidator:
             raise InvalidInput("the query is empty: set `text`, `image`, or both")
         image = None
         if request.image:
-            if len(request.image) > self.settings.max_image_bytes:
+            if len(request.image) > self.limits.max_image_bytes:
                 raise InvalidInput(f"`image` is {len(request.image):,} bytes; the limit is "
-                                   f"{self.settings.max_image_bytes:,}: send a smaller image")
-            image = decode_image(request.image, what="`image`")
+                                   f"{self.limits.max_image_bytes:,}: send a smaller image")
+            image = decode_image(request.image, what="`image`",
+                                 max_pixels=self.limits.max_image_pixels)
         return SearchRequest(text=text, image=image, explain=request.explain,
                              explain_reason=request.explain_reason,
                              **self.shared(request, time_remaining))
@@ -178,9 +180,9 @@ class RequestValidator:
 
     def example_ids(self, ids: Sequence[str], field: str) -> tuple[str, ...]:
         """Positive or negative example ids: within the count limit, none empty or over-long."""
-        if len(ids) > self.settings.max_ids_per_request:
+        if len(ids) > self.limits.max_ids_per_request:
             raise InvalidInput(f"{len(ids)} {field}; the limit is "
-                               f"{self.settings.max_ids_per_request}")
+                               f"{self.limits.max_ids_per_request}")
         if any(not i.strip() or len(i) > MAX_ID_CHARS for i in ids):
             raise InvalidInput(f"`{field}` contains an empty or over-long id")
         return tuple(dict.fromkeys(i.strip() for i in ids))
@@ -189,9 +191,9 @@ class RequestValidator:
         """Item ids to get or delete: at least one, within the limit, none empty."""
         if not ids:
             raise InvalidInput("`ids` is empty: name at least one item id")
-        if len(ids) > self.settings.max_ids_per_request:
+        if len(ids) > self.limits.max_ids_per_request:
             raise InvalidInput(f"{len(ids)} ids in one request; the limit is "
-                               f"{self.settings.max_ids_per_request}: split the request")
+                               f"{self.limits.max_ids_per_request}: split the request")
         if any(not i.strip() for i in ids):
             raise InvalidInput("`ids` contains an empty id")
         return list(dict.fromkeys(i.strip() for i in ids))  # stripped, as items and events are
@@ -209,10 +211,11 @@ class RequestValidator:
             check_finite(item.attributes, f"item {item.id.strip()!r}")
         image = None
         if item.image:
-            if len(item.image) > self.settings.max_image_bytes:
+            if len(item.image) > self.limits.max_image_bytes:
                 raise InvalidInput(f"item {item.id!r}: image is {len(item.image):,} bytes; the "
-                                   f"limit is {self.settings.max_image_bytes:,}")
-            image = decode_image(item.image, what=f"item {item.id!r} image")
+                                   f"limit is {self.limits.max_image_bytes:,}")
+            image = decode_image(item.image, what=f"item {item.id!r} image",
+                                 max_pixels=self.limits.max_image_pixels)
         record = convert.item_to_record(item)
         if not record.document_text and image is None:
             raise InvalidInput(f"item {item.id!r} has no title, no text and no image")
