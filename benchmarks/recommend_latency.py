@@ -97,7 +97,7 @@ def main() -> None:
                     plain.append((time.perf_counter() - started) * 1000)
                 else:
                     raw.append(raw_parts_ms(harness, user))
-        if engine.recommender.rerank.reranker is not None:
+        if engine.recommender.rerank_for(DEFAULT_TENANT).reranker is not None:
             for budget in BUDGETS:
                 for user in users[:args.rerank_requests]:
                     started = time.perf_counter()

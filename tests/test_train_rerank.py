@@ -46,7 +46,9 @@ def test_train_rerank_saves_an_artefact_the_engine_serves_until_train_seq_reruns
     try:
         status = {m.role: m for m in engine.info().models}["reranker"]
         assert status.loaded and "blend_weight" in status.details, status
-        assert isinstance(engine.recommender.rerank.reranker, ListwiseReranker)
+        assert isinstance(engine.recommender.rerank_for(DEFAULT_TENANT).reranker, ListwiseReranker)
+        assert engine.recommender.rerank_for("shop").reranker is not \
+            engine.recommender.rerank_for(DEFAULT_TENANT).reranker  # another tenant: zero-shot
         result_ = engine.recommend(RecommendRequest(
             tenant=DEFAULT_TENANT, positive_ids=("m1", "m2"), top_k=3, rerank=True))
         assert result_.reranked >= 2 and len(result_.hits) == 3

@@ -59,6 +59,13 @@ class Recommender:
                  settings: RecommendSettings) -> None:
         self.channels, self.rerank, self.explainer = channels, rerank, explainer
         self.settings = settings
+        self.tenant_rerank: dict[str, RerankStage] = {}
+        """Stages that serve one tenant only (a trained re-ranker learned one tenant's log);
+        every other tenant gets ``rerank``."""
+
+    def rerank_for(self, tenant: str) -> RerankStage:
+        """The re-rank stage ``tenant``'s requests go through."""
+        return self.tenant_rerank.get(tenant, self.rerank)
 
     def settings_for(self, tenant: str) -> RecommendSettings:
         """The settings ``tenant``'s requests start from (its tuned fusion, when it has one)."""
@@ -103,8 +110,9 @@ class Recommender:
         with timer.stage("profile"):
             examples = self.examples(request)
         item_filter = self._unseen(request, examples)
-        rerank = self.rerank.wanted(request, has_query=bool(examples.positives))
-        limit = self.rerank.pool_size(request, rerank=rerank)
+        stage = self.rerank_for(request.tenant)
+        rerank = stage.wanted(request, has_query=bool(examples.positives))
+        limit = stage.pool_size(request, rerank=rerank)
         if request.diversity is not None:
             limit = max(limit, 3 * request.top_k)
         fusion = request.fusion or settings.fusion
@@ -120,7 +128,7 @@ class Recommender:
                 hits, names = self._popular(request, item_filter, limit)
         with timer.stage("rerank"):
             query = self._rerank_query(examples, request) if rerank else RerankQuery()
-            ranked = self.rerank.apply(hits, query, request, rerank=rerank)
+            ranked = stage.apply(hits, query, request, rerank=rerank)
         items = ranked.items
         if request.diversity is not None and len(items) > 1:
             with timer.stage("diversify"):

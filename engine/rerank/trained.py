@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from engine.domain import DEFAULT_TENANT
 from engine.rerank.artifact import (
     ADAPTER,
     Provenance,
@@ -56,7 +57,8 @@ def describe(artifact: RerankArtifact) -> dict[str, str]:
     v, t = artifact.validation, artifact.training
     details = {"blend_weight": f"{artifact.blend.weight:g} (chosen on validation"
                + ("; 0 = the first stage's order" if artifact.blend.weight == 0 else "") + ")",
-               "base_model": artifact.provenance.base_model}
+               "base_model": artifact.provenance.base_model,
+               "tenant": artifact.provenance.tenant or DEFAULT_TENANT}
     for key in ("first_stage", "llm", "blended"):
         if key in v:
             details[f"valid_ndcg10_{key}"] = f"{v[key]:.4f}"

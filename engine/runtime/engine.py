@@ -18,6 +18,7 @@ from engine.domain import (
     BEHAVIOUR_CHANNELS,
     CLIP,
     COOCCURRENCE,
+    DEFAULT_TENANT,
     FUSED,
     LEXICAL,
     TEXT,
@@ -120,11 +121,14 @@ class Engine:
             explainer, config.recommend)
         self.trained_reranker_status: ModelStatus | None = None
 
-    def use_reranker(self, reranker: Reranker | None, status: ModelStatus) -> None:
-        """Recommend with a trained re-ranker (None keeps the zero-shot one); info shows it."""
+    def use_reranker(self, reranker: Reranker | None, status: ModelStatus,
+                     tenant: str = DEFAULT_TENANT) -> None:
+        """Recommend for ``tenant`` with a trained re-ranker (None keeps the zero-shot one);
+        other tenants keep the zero-shot one (it learned ``tenant``'s log); info shows it."""
         if reranker is not None:
             stage = self.recommender.rerank
-            self.recommender.rerank = RerankStage(reranker, stage.off_reason, stage.settings)
+            self.recommender.tenant_rerank = {
+                tenant: RerankStage(reranker, stage.off_reason, stage.settings)}
         self.trained_reranker_status = status
 
     def _check_dim(self, name: str, model: BehaviourModel) -> None:

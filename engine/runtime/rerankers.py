@@ -36,18 +36,21 @@ def zero_shot(llm: LlmReranker | None, weight: float) -> Reranker | None:
 
 
 def load_trained_reranker(config: EngineConfig, device: str, store: VectorStore
-                          ) -> tuple[Reranker | None, ModelStatus]:
-    """The trained listwise re-ranker for recommend, or None and why (logged once)."""
+                          ) -> tuple[Reranker | None, ModelStatus, str]:
+    """The trained listwise re-ranker for recommend, or None and why (logged once), and the
+    tenant it serves (the one whose log trained it)."""
     folder = config.rerank_path()
     if not config.rerank.trained:
-        return None, ModelStatus(ROLE, "", False, "disabled in the configuration")
+        return None, ModelStatus(ROLE, "", False, "disabled in the configuration"), \
+            DEFAULT_TENANT
     if not config.rerank.model or not (folder / "rerank.json").is_file():
-        return None, ModelStatus(ROLE, "", False,
-                                 f"no re-ranker trained yet ({folder}); run mmrec train-rerank")
+        return None, ModelStatus(ROLE, "", False, f"no re-ranker trained yet ({folder}); "
+                                 "run mmrec train-rerank"), DEFAULT_TENANT
     from engine.rerank.artifact import RerankArtifact
     from engine.rerank.loading import RerankerSpec
     from engine.rerank.trained import describe, load_trained
 
+    tenant = DEFAULT_TENANT
     try:
         trained = RerankArtifact.load(folder).provenance
         tenant = trained.tenant or DEFAULT_TENANT
@@ -59,8 +62,8 @@ def load_trained_reranker(config: EngineConfig, device: str, store: VectorStore
                                           int8=config.rerank.int8)
     except ModelUnavailable as exc:
         log.warning("trained re-ranker off: %s", exc)
-        return None, ModelStatus(ROLE, str(folder), False, str(exc))
-    return reranker, ModelStatus(ROLE, reranker.name, True, details=describe(artifact))
+        return None, ModelStatus(ROLE, str(folder), False, str(exc)), tenant
+    return reranker, ModelStatus(ROLE, reranker.name, True, details=describe(artifact)), tenant
 
 
 def current_provenance(config: EngineConfig, store: VectorStore, tenant: str, *,
