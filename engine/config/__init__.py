@@ -177,6 +177,18 @@ class StoreSettings(BaseModel):
         None, ge=1, description="Copies of each shard on a Qdrant cluster (unset: the "
         "server's default, 1); 2 keeps serving when a node is lost.")
     hnsw_ef: int = Field(128, ge=4)
+    quantization: Literal["none", "int8", "binary"] = Field(
+        "none", description="Quantization of the dense vectors, fixed when the shard or "
+        "collection is created: int8 (Qdrant's scalar quantization, 4x smaller) or binary "
+        "(1 bit per value, 32x smaller; for large embeddings centred near zero). The "
+        "quantized vectors stay in RAM and the float32 originals go to disk (memory-mapped). "
+        "Recall and memory against float32: benchmarks/results/quantisation.md.")
+    quantization_oversampling: float = Field(
+        2.0, ge=1.0, description="With quantization: candidates found on the quantized "
+        "vectors per result asked, before rescoring.")
+    quantization_rescore: bool = Field(
+        True, description="With quantization: re-score the oversampled candidates with the "
+        "float32 originals (exact cosine order among them; reads the originals from disk).")
     optimize_after: int = Field(
         5000, ge=1,
         description="Service-side upserts after which a background HNSW build starts.",

@@ -19,6 +19,7 @@ from engine.store.base import VectorSchema, VectorStore
 from engine.store.edge.store import EdgeStore
 from engine.store.edge.users import EdgeUserStore
 from engine.store.retry import RetryPolicy
+from engine.store.schema import Quantization
 from engine.store.server.store import ServerStore
 from engine.store.server.users import ServerUserStore
 from engine.store.users import UserRecord, UserStore
@@ -27,6 +28,7 @@ __all__ = [
     "USERS_DIR",
     "EdgeStore",
     "EdgeUserStore",
+    "Quantization",
     "ServerStore",
     "ServerUserStore",
     "UserRecord",
@@ -35,6 +37,7 @@ __all__ = [
     "VectorStore",
     "open_store",
     "open_user_store",
+    "quantization",
     "users_collection",
 ]
 
@@ -45,16 +48,24 @@ USERS_DIR = "users"
 def open_store(settings: StoreSettings, schema: VectorSchema) -> VectorStore:
     """The store the settings name: a Qdrant server when ``url`` is set, else the data dir."""
     if settings.url is None:
-        return EdgeStore(settings.data_dir, schema, hnsw_ef=settings.hnsw_ef)
+        return EdgeStore(settings.data_dir, schema, hnsw_ef=settings.hnsw_ef,
+                         quantization=quantization(settings))
     return ServerStore(
         settings.url,
         schema,
         collection=settings.collection,
         api_key=settings.api_key,
         hnsw_ef=settings.hnsw_ef,
+        quantization=quantization(settings),
         placement=placement(settings),
         retry=RetryPolicy.from_settings(settings),
     )
+
+
+def quantization(settings: StoreSettings) -> Quantization:
+    """The items store's quantization as ``[store]`` sets it (the users store has none)."""
+    return Quantization(settings.quantization, settings.quantization_oversampling,
+                        settings.quantization_rescore)
 
 
 def users_collection(items_collection: str) -> str:

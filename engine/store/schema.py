@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
@@ -19,6 +19,40 @@ from engine.domain import InvalidInput, SparseVector
 
 MAX_SPARSE_INDEX = 2**32 - 1
 """Qdrant keeps sparse term ids as unsigned 32-bit integers."""
+
+QuantizationKind = Literal["none", "int8", "binary"]
+"""How a store compresses its dense vectors: not at all, Qdrant's scalar int8 (4x smaller),
+or its 1-bit binary quantization (32x smaller; only for vectors whose signs carry the
+similarity, e.g. large embeddings centred near zero)."""
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """The quantization of a store's dense vectors and how searches use it.
+
+    Fixed when a store (shard or collection) is created: the quantized copies are kept
+    in RAM and the float32 originals on disk (memory-mapped), which is what saves the
+    memory. ``oversampling`` x limit candidates are found on the quantized vectors and,
+    with ``rescore``, re-scored with the originals, so the order returned is exact
+    cosine among them. ``kind="none"`` stores and searches float32 vectors only.
+    """
+
+    kind: QuantizationKind = "none"
+    oversampling: float = 2.0
+    rescore: bool = True
+
+    def __post_init__(self) -> None:
+        """Reject an unknown kind or an oversampling below 1 (fewer candidates than asked)."""
+        if self.kind not in get_args(QuantizationKind):
+            raise InvalidInput(f"quantization must be one of {get_args(QuantizationKind)}, "
+                               f"got {self.kind!r}")
+        if not self.oversampling >= 1.0:
+            raise InvalidInput(f"quantization oversampling must be >= 1, got {self.oversampling}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether dense vectors are quantized."""
+        return self.kind != "none"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from qdrant_edge import (
     IdfParams,
     OrderBy,
     Prefetch,
+    QuantizationSearchParams,
     Query,
     QueryRequest,
     RecommendQuery,
@@ -24,7 +25,7 @@ from qdrant_edge import (
 from engine.domain import POPULARITY
 from engine.store.edge.filters import edge_filter, edge_tenant_filter
 from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
-from engine.store.schema import SparseValues, VectorValues
+from engine.store.schema import Quantization, SparseValues, VectorValues
 
 
 def edge_vector(values: VectorValues) -> list[float] | SparseVector:
@@ -34,10 +35,17 @@ def edge_vector(values: VectorValues) -> list[float] | SparseVector:
     return values
 
 
-def _params(plan: HybridPlan, channel: ChannelPlan, hnsw_ef: int) -> SearchParams:
-    """Search params of one channel: ``hnsw_ef``, and the tenant as IDF corpus if sparse."""
+def _params(
+    plan: HybridPlan, channel: ChannelPlan, hnsw_ef: int, quantization: Quantization
+) -> SearchParams:
+    """Search params of one channel: ``hnsw_ef`` and, if dense, the quantization's
+    oversampling and rescoring; the tenant as IDF corpus if sparse."""
     if not channel.sparse:
-        return SearchParams(hnsw_ef=hnsw_ef)
+        if not quantization.enabled:
+            return SearchParams(hnsw_ef=hnsw_ef)
+        rescoring = QuantizationSearchParams(rescore=quantization.rescore,
+                                             oversampling=quantization.oversampling)
+        return SearchParams(hnsw_ef=hnsw_ef, quantization=rescoring)
     corpus = edge_tenant_filter(plan.filter.tenant)
     return SearchParams(hnsw_ef=hnsw_ef, idf=IdfParams(corpus=corpus))
 
@@ -56,9 +64,12 @@ def _query(channel: ChannelPlan) -> Query:
     return Query.Nearest(edge_vector(channel.vector), using=channel.using)
 
 
-def _nearest(plan: HybridPlan, hnsw_ef: int) -> list[tuple[Query, int, SearchParams]]:
+def _nearest(
+    plan: HybridPlan, hnsw_ef: int, quantization: Quantization
+) -> list[tuple[Query, int, SearchParams]]:
     """Each channel's query (nearest or recommend), candidate limit and search params."""
-    return [(_query(c), c.limit, _params(plan, c, hnsw_ef)) for c in plan.channels]
+    return [(_query(c), c.limit, _params(plan, c, hnsw_ef, quantization))
+            for c in plan.channels]
 
 
 def _by_popularity() -> OrderBy:
@@ -91,12 +102,14 @@ def _popularity_fused(
     return fused, ranking
 
 
-def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[QueryRequest]:
+def hybrid_requests(
+    plan: HybridPlan, hnsw_ef: int, quantization: Quantization | None = None
+) -> list[QueryRequest]:
     """The batch for ``query_batch``: the fused request first, then (if asked, and the plan
     is not one plain nearest search) each channel's own nearest request with the same
     filter and limit, and the popularity ranking if the plan has one."""
     flt = edge_filter(plan.filter)
-    channels = _nearest(plan, hnsw_ef)
+    channels = _nearest(plan, hnsw_ef, quantization or Quantization())
     if plan.plain:
         ((nearest, _, params),) = channels
         return [QueryRequest(

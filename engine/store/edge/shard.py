@@ -11,11 +11,14 @@ the same way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 
 from qdrant_edge import (
+    BinaryQuantizationConfig,
     Distance,
     EdgeConfig,
     EdgeOptimizersConfig,
@@ -24,13 +27,19 @@ from qdrant_edge import (
     EdgeVectorParams,
     FloatIndexParams,
     KeywordIndexParams,
+    Memory,
     Modifier,
+    ScalarQuantizationConfig,
+    ScalarType,
     UpdateOperation,
 )
 
 from engine.domain import FailedPrecondition, MmrecError, SchemaMismatch, Unavailable
 from engine.store.base import FLOAT_INDEXED_FIELDS, KEYWORD_INDEXED_FIELDS, VectorSchema
 from engine.store.edge.data_dir import DataDir
+from engine.store.schema import Quantization, QuantizationKind
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
 
@@ -102,43 +111,79 @@ def ensure_float_indexes(shard: EdgeShard, fields: Sequence[str]) -> list[str]:
     return missing
 
 
-def write_manifest(data_dir: DataDir, schema: VectorSchema, current: Path) -> None:
-    """Make ``current`` the shard version the data dir opens with (atomic)."""
+def write_manifest(
+    data_dir: DataDir, schema: VectorSchema, current: Path, quantization: QuantizationKind
+) -> None:
+    """Make ``current`` the shard version the data dir opens with (atomic), recording the
+    quantization the shard was created with (a shard keeps it for life)."""
     data_dir.write_manifest({
         "format": MANIFEST_FORMAT,
         "schema": schema.to_json(),
+        "quantization": quantization,
         "current": current.name,
         "written_by": f"qdrant-edge-py {edge_version()}",
     })
 
 
+def shard_quantization(data_dir: DataDir, configured: Quantization) -> Quantization:
+    """The quantization searches of the opened shard use: the kind the manifest recorded
+    (``"none"`` for a shard made before it was), with the configured oversampling and
+    rescoring. A configured kind that differs is logged: it applies only to a new shard."""
+    manifest = data_dir.read_manifest() or {}
+    kind = manifest.get("quantization", "none")
+    if kind != configured.kind:
+        logger.warning("data dir %s was indexed with quantization %r, not the configured %r; "
+                       "re-index into a fresh data dir to change it",
+                       data_dir.root, kind, configured.kind)
+    return dataclasses.replace(configured, kind=kind)  # InvalidInput for a garbled kind
+
+
+def _quantization_config(
+    quantization: Quantization,
+) -> ScalarQuantizationConfig | BinaryQuantizationConfig | None:
+    """qdrant-edge's quantization config for the shard, quantized vectors pinned in RAM."""
+    if quantization.kind == "int8":
+        return ScalarQuantizationConfig(type=ScalarType.Int8, quantile=0.99,
+                                        memory=Memory.Pinned)
+    if quantization.kind == "binary":
+        return BinaryQuantizationConfig(memory=Memory.Pinned)
+    return None
+
+
 def _create_item_shard(
-    data_dir: DataDir, schema: VectorSchema, indexing_threshold_kb: int | None
+    data_dir: DataDir, schema: VectorSchema, indexing_threshold_kb: int | None,
+    quantization: Quantization,
 ) -> tuple[EdgeShard, Path]:
-    """Create version 1 (cosine dense vectors, IDF sparse vectors, payload indexes)."""
+    """Create version 1 (cosine dense vectors, IDF sparse vectors, payload indexes).
+
+    With quantization the float32 originals are memory-mapped from disk (``Memory.Cold``)
+    and only the quantized copies are held in RAM; the index build makes them."""
     version_dir = data_dir.first_version()
     optimizers = None
     if indexing_threshold_kb is not None:
         optimizers = EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb)
+    originals = Memory.Cold if quantization.enabled else None
     config = EdgeConfig(
         vectors={
-            name: EdgeVectorParams(size=size, distance=Distance.Cosine)
+            name: EdgeVectorParams(size=size, distance=Distance.Cosine, memory=originals)
             for name, size in schema.dense.items()
         },
         sparse_vectors={
             name: EdgeSparseVectorParams(modifier=Modifier.Idf) for name in schema.sparse
         },
         optimizers=optimizers,
+        quantization_config=_quantization_config(quantization),
     )
     shard = EdgeShard.create(str(version_dir), config)
     create_payload_indexes(shard, KEYWORD_INDEXED_FIELDS, FLOAT_INDEXED_FIELDS)
     shard.flush()
-    write_manifest(data_dir, schema, version_dir)
+    write_manifest(data_dir, schema, version_dir, quantization.kind)
     return shard, version_dir
 
 
 def open_item_shard(
-    data_dir: DataDir, schema: VectorSchema, indexing_threshold_kb: int | None
+    data_dir: DataDir, schema: VectorSchema, indexing_threshold_kb: int | None,
+    quantization: Quantization,
 ) -> tuple[EdgeShard, Path]:
     """Load the shard the manifest names (checking the schema) or create the first one.
 
@@ -155,7 +200,7 @@ def open_item_shard(
             f"re-index into a fresh --data-dir"
         ) from exc
     if manifest is None or stored is None:
-        return _create_item_shard(data_dir, schema, indexing_threshold_kb)
+        return _create_item_shard(data_dir, schema, indexing_threshold_kb, quantization)
     differences = stored.differences(schema)
     if differences:
         raise SchemaMismatch(

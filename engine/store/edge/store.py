@@ -71,10 +71,12 @@ from engine.store.edge.shard import (
     edge_version,
     in_use,
     open_item_shard,
+    shard_quantization,
     write_manifest,
 )
 from engine.store.filters import plan_filter, with_condition
 from engine.store.hybrid import HybridPlan, fused_hits, plan_hybrid
+from engine.store.schema import Quantization
 
 if TYPE_CHECKING:
     # Only in qdrant-edge's stub: the point id of its List[PointId] parameters. A list[str]
@@ -114,6 +116,7 @@ class EdgeStore(VectorStore):
     behind a write, a copy or a replay. ``indexing_threshold_kb`` (only used when
     the shard is created) is the segment size above which ``optimize()`` builds
     HNSW; ``None`` keeps Qdrant's default (smaller segments are brute-forced).
+    ``quantization`` applies to a shard created here; an existing one keeps its own.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class EdgeStore(VectorStore):
         *,
         hnsw_ef: int = 128,
         indexing_threshold_kb: int | None = None,
+        quantization: Quantization | None = None,
     ) -> None:
         self.schema = schema
         self._root = Path(path)
@@ -135,7 +139,10 @@ class EdgeStore(VectorStore):
         except DataDirInUse as exc:
             raise in_use(self._root, exc.holder) from None
         try:
-            self._ref = _ShardRef(*open_item_shard(self._dir, schema, indexing_threshold_kb))
+            configured = quantization or Quantization()
+            self._ref = _ShardRef(*open_item_shard(
+                self._dir, schema, indexing_threshold_kb, configured))
+            self.quantization = shard_quantization(self._dir, configured)
             self._dir.remove_stale(keep=self._ref.path)
         except BaseException:
             self._dir.release()
@@ -196,7 +203,7 @@ class EdgeStore(VectorStore):
         plan = plan_hybrid(self.schema, query)
         if plan is None:
             return None
-        return plan, QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef))
+        return plan, QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef, self.quantization))
 
     def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:
         """The records that exist, in the order asked, each once."""
@@ -357,7 +364,7 @@ class EdgeStore(VectorStore):
         Returns the retirement of the replaced shard, which the build runs once the
         write lock is released.
         """
-        write_manifest(self._dir, self.schema, path)
+        write_manifest(self._dir, self.schema, path, self.quantization.kind)
         with self._readers:
             old, self._ref = self._ref, _ShardRef(shard, path)
         return lambda: self._retire(old, remove=True)

@@ -27,7 +27,7 @@ from engine.domain import POPULARITY, FailedPrecondition, SchemaMismatch, Unavai
 from engine.store.hybrid import ChannelPlan, HybridPlan, RecommendValues
 from engine.store.lifecycle import StoreLifecycle
 from engine.store.retry import GaveUp, RetryPolicy
-from engine.store.schema import SparseValues, VectorValues
+from engine.store.schema import Quantization, SparseValues, VectorValues
 from engine.store.server.filters import client_filter, client_tenant_filter
 
 logger = logging.getLogger(__name__)
@@ -230,10 +230,26 @@ def client_query(channel: ChannelPlan) -> list[float] | models.SparseVector | mo
     return client_vector(channel.vector)
 
 
-def _params(plan: HybridPlan, channel: ChannelPlan, hnsw_ef: int) -> models.SearchParams:
-    """Search params of one channel: ``hnsw_ef``, and the tenant as IDF corpus if sparse."""
+def quantization_config(quantization: Quantization) -> models.QuantizationConfig | None:
+    """The collection's quantization config, quantized vectors kept in RAM."""
+    if quantization.kind == "int8":
+        return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=0.99, always_ram=True))
+    if quantization.kind == "binary":
+        return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
+    return None
+
+
+def _params(
+    plan: HybridPlan, channel: ChannelPlan, hnsw_ef: int, quantization: Quantization
+) -> models.SearchParams:
+    """Search params of one channel: ``hnsw_ef`` and, if dense, the quantization's
+    oversampling and rescoring; the tenant as IDF corpus if sparse."""
     if not channel.sparse:
-        return models.SearchParams(hnsw_ef=hnsw_ef)
+        if not quantization.enabled:
+            return models.SearchParams(hnsw_ef=hnsw_ef)
+        return models.SearchParams(hnsw_ef=hnsw_ef, quantization=models.QuantizationSearchParams(
+            rescore=quantization.rescore, oversampling=quantization.oversampling))
     corpus = client_tenant_filter(plan.filter.tenant)
     return models.SearchParams(hnsw_ef=hnsw_ef, idf=models.IdfCorpusParams(corpus=corpus))
 
@@ -268,14 +284,16 @@ def _popularity_fused(
     return fused, ranking
 
 
-def hybrid_requests(plan: HybridPlan, hnsw_ef: int) -> list[models.QueryRequest]:
+def hybrid_requests(
+    plan: HybridPlan, hnsw_ef: int, quantization: Quantization | None = None
+) -> list[models.QueryRequest]:
     """The fused request, then (if asked, and the plan is not one plain nearest search)
     each channel's own request, and the popularity ranking if the plan has one."""
     flt = client_filter(plan.filter)
     channels = [
         models.QueryRequest(
             query=client_query(c), using=c.using, limit=c.limit, filter=flt,
-            params=_params(plan, c, hnsw_ef),
+            params=_params(plan, c, hnsw_ef, quantization or Quantization()),
         )
         for c in plan.channels
     ]

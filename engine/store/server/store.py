@@ -50,10 +50,12 @@ from engine.store.base import (
 from engine.store.filters import plan_filter, with_condition
 from engine.store.hybrid import fused_hits, plan_hybrid
 from engine.store.retry import RetryPolicy
+from engine.store.schema import Quantization
 from engine.store.server.client import (
     ServerCollection,
     client_vector,
     hybrid_requests,
+    quantization_config,
 )
 from engine.store.server.filters import client_filter
 
@@ -104,7 +106,9 @@ class ServerStore(ServerCollection, VectorStore):
 
     Every server call is safe to repeat (reads, and writes by point id that set absolute
     values), so each is retried by ``retry`` while the server is unreachable
-    (:meth:`ServerCollection._call`); opening the collection is not.
+    (:meth:`ServerCollection._call`); opening the collection is not. ``quantization``
+    applies to a collection created here; an existing one keeps its own (the searches
+    still ask for the configured oversampling and rescoring).
     """
 
     def __init__(
@@ -117,8 +121,10 @@ class ServerStore(ServerCollection, VectorStore):
         hnsw_ef: int = 128,
         placement: dict[str, int] | None = None,
         retry: RetryPolicy | None = None,
+        quantization: Quantization | None = None,
     ) -> None:
         self.schema = schema
+        self.quantization = quantization or Quantization()
         self._collection = collection
         self._placement = dict(placement or {})
         self._hnsw_ef = hnsw_ef
@@ -143,13 +149,17 @@ class ServerStore(ServerCollection, VectorStore):
         self._ensure_float_indexes(info.payload_schema or {})
 
     def _create_collection(self) -> None:
-        """Cosine dense and IDF sparse vectors from the schema, keyword payload indexes."""
+        """Cosine dense and IDF sparse vectors from the schema, keyword payload indexes; with
+        quantization, the originals on disk and the quantized vectors in RAM."""
+        on_disk = True if self.quantization.enabled else None
         self._client.create_collection(
             self._collection,
             vectors_config={
-                name: models.VectorParams(size=size, distance=models.Distance.COSINE)
+                name: models.VectorParams(size=size, distance=models.Distance.COSINE,
+                                          on_disk=on_disk)
                 for name, size in self.schema.dense.items()
             },
+            quantization_config=quantization_config(self.quantization),
             sparse_vectors_config={
                 name: models.SparseVectorParams(modifier=models.Modifier.IDF)
                 for name in self.schema.sparse
@@ -258,7 +268,7 @@ class ServerStore(ServerCollection, VectorStore):
         plan = plan_hybrid(self.schema, query)
         if plan is None:
             return []
-        requests = hybrid_requests(plan, self._hnsw_ef)
+        requests = hybrid_requests(plan, self._hnsw_ef, self.quantization)
         responses = self._call("search", lambda: self._client.query_batch_points(
             self._collection, requests=requests))
         points = [(str(p.id), p.payload, p.score) for p in responses[0].points]
