@@ -38,7 +38,7 @@ from engine.domain import (
 from engine.service.keys import KeyFile, Principal, Role
 from engine.service.ratelimit import KeyRateLimiter
 from engine.service.status import status_code
-from engine.service.wire import SERVICE
+from engine.service.wire import rpc_name
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,6 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         self.keys = keys
         self.limiter = limiter
         """Each key's call rate (None: unlimited); checked after its role."""
-        self.prefix = f"/{SERVICE.full_name}/"
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails],
@@ -161,10 +160,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         """The call's own handler when its key and role allow it, else a refusing one."""
         handler = await continuation(details)
-        method: str = details.method
-        if handler is None or not method.startswith(self.prefix):
+        rpc = rpc_name(details.method)
+        if handler is None or rpc is None:
             return handler  # health, reflection, or an unknown method (UNIMPLEMENTED)
-        rpc = method[len(self.prefix):]
         try:
             principal = authenticate(self.keys, details.invocation_metadata)
             authorise_role(principal, rpc)

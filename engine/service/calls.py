@@ -34,7 +34,7 @@ from engine.domain import MmrecError
 from engine.domain.timing import STAGE_OBSERVER, StageObserver
 from engine.service.metrics import ServiceMetrics, TenantCensus
 from engine.service.validate import tenant as resolve_tenant
-from engine.service.wire import SERVICE
+from engine.service.wire import rpc_name
 
 ACCESS_LOGGER = "engine.service.access"
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -82,7 +82,6 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                  on_call: CallHook | None = None) -> None:
         self.metrics, self.tenants = metrics, tenants
         self.observer, self.on_call = observer, on_call
-        self.prefix = f"/{SERVICE.full_name}/"
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails],
@@ -91,10 +90,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         """The call's handler (as the later interceptors leave it), wrapped."""
         handler = await continuation(details)
-        method: str = details.method
-        if handler is None or not method.startswith(self.prefix):
+        rpc = rpc_name(details.method)
+        if handler is None or rpc is None:
             return handler  # health, reflection, or an unknown method (UNIMPLEMENTED)
-        rpc, rid = method[len(self.prefix):], request_id(details.invocation_metadata)
+        rid = request_id(details.invocation_metadata)
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._wrap(rpc, rid, handler.unary_unary))
         if handler.stream_unary is not None:

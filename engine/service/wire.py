@@ -23,6 +23,13 @@ from google.protobuf.message_factory import GetMessageClass
 from engine.service.proto.mmrec.v1 import recommender_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]
+_PREFIX = f"/{SERVICE.full_name}/"
+
+
+def rpc_name(method: str) -> str | None:
+    """The Recommender RPC a call's full method name names (``"Search"``), or None for health,
+    reflection and any other service (the interceptors let those pass untouched)."""
+    return method[len(_PREFIX):] if method.startswith(_PREFIX) else None
 
 
 @dataclass(frozen=True)
