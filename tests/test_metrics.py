@@ -74,12 +74,6 @@ def server(engine: Engine, config: EngineConfig) -> Iterator[ServerThread]:
 
 
 @pytest.fixture
-def stub(server: ServerThread) -> Iterator[pb_grpc.RecommenderStub]:
-    with grpc.insecure_channel(server.target) as channel:
-        yield pb_grpc.RecommenderStub(channel)
-
-
-@pytest.fixture
 def json_lines() -> Iterator[io.StringIO]:
     """What the service logs during the test, as `service.log_format = "json"` writes it."""
     buffer = io.StringIO()
