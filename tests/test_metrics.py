@@ -144,6 +144,11 @@ def test_counters_histograms_and_gauges(stub: pb_grpc.RecommenderStub,
         assert delta("mmrec_stage_duration_seconds_count", rpc="Recommend", stage=stage) == 1
     assert delta("mmrec_stage_duration_seconds_count", rpc="Recommend", stage="explain") == 0
     assert delta("mmrec_rerank_budget_exhausted_total", rpc="Search") == 0
+    # two searches, one after the other: two query batches of one (recommend had no context)
+    assert ("mmrec_query_batch_size_count", frozenset()) in after
+    assert delta("mmrec_query_batch_size_count") == 2
+    assert delta("mmrec_query_batch_size_bucket", le="1") == 2
+    assert delta("mmrec_query_batch_size_sum") == 2
     assert value(after, "mmrec_rpc_requests_total", rpc="UpsertItems", code="OK") == 1
     assert value(after, "mmrec_lane_unfinished", lane="plain") == 0
     limit = config.service.workers + config.service.limits.max_queued

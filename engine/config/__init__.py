@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engine.config.batching import QueryBatchingSettings
 from engine.config.service import (
     LOOPBACK_NAMES,
     AuthSettings,
@@ -304,6 +305,7 @@ class EngineConfig(BaseSettings):
     log_level: str = "INFO"
     clip: ClipSettings = ClipSettings()
     text_encoder: TextEncoderSettings = TextEncoderSettings()
+    query_batching: QueryBatchingSettings = QueryBatchingSettings()
     channels: ChannelWeights = ChannelWeights()
     retrieval: RetrievalSettings = RetrievalSettings()
     rerank: RerankSettings = RerankSettings()
@@ -365,6 +367,7 @@ __all__ = [
     "LimitsSettings",
     "Pooling",
     "ProfileSettings",
+    "QueryBatchingSettings",
     "RecommendSettings",
     "RerankSettings",
     "RetrievalSettings",

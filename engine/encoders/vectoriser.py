@@ -5,7 +5,9 @@ content channels (CLIP, text) -> an item's CLIP part mixes its image and its
 text -> the weighted fused vector -> the sparse lexical vector. The only
 differences are which encoder entry point reads the text (documents or
 queries) and what a missing input means: an item needs text or an image some
-channel can read, a query needs text, an image, or both.
+channel can read, a query needs text, an image, or both. Concurrent queries are
+encoded together, one forward pass per encoder for each batch
+(:class:`~engine.encoders.batching.MicroBatcher`, ``[query_batching]``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.config import QueryBatchingSettings
 from engine.domain import (
     CLIP,
     FUSED,
@@ -28,11 +31,15 @@ from engine.domain import (
     SparseVector,
 )
 from engine.encoders.base import ClipEncoder, TextEncoder
+from engine.encoders.batching import MicroBatcher
 from engine.encoders.fusion import VectorFuser, mix_clip
 from engine.encoders.lexical import LexicalEncoder
 
 Vectors = dict[str, np.ndarray | SparseVector]
 """Named vectors of one item or query: channel name -> dense array or sparse vector."""
+
+QueryInput = tuple[str, Image.Image | None]
+"""One query's text and image, as the query batcher takes it."""
 
 
 class Vectoriser:
@@ -40,10 +47,16 @@ class Vectoriser:
 
     def __init__(self, *, text: TextEncoder, clip: ClipEncoder | None,
                  lexical: LexicalEncoder | None, fuser: VectorFuser, image_weight: float,
-                 clip_off_reason: str) -> None:
+                 clip_off_reason: str, batching: QueryBatchingSettings | None = None) -> None:
+        """``batching`` None or off: each query is encoded alone, on its caller's thread."""
         self.text, self.clip, self.lexical, self.fuser = text, clip, lexical, fuser
         self.image_weight = image_weight
         self.clip_off_reason = clip_off_reason
+        self.batcher: MicroBatcher[QueryInput, Vectors] | None = None
+        """Batches concurrent queries (None: batching is off)."""
+        if batching is not None and batching.enabled:
+            self.batcher = MicroBatcher(self._query_batch, window_ms=batching.window_ms,
+                                        max_batch=batching.max_batch)
 
     def items(self, items: Sequence[ItemInput]) -> list[Vectors]:
         """Per-channel, fused and lexical vectors of a batch of items, in order.
@@ -61,14 +74,21 @@ class Vectoriser:
         texts = [it.record.document_text for it in items]
         return self._vectors(texts, [it.image for it in items], query=False)
 
-    def query(self, text: str, image: Image.Image | None) -> EncodedQuery:
-        """A text query fills CLIP with CLIP text; an image query with CLIP image; both mix."""
+    def query(self, text: str, image: Image.Image | None, *,
+              deadline: float | None = None) -> EncodedQuery:
+        """A text query fills CLIP with CLIP text; an image query with CLIP image; both mix.
+
+        With batching on it shares its forward passes with concurrent queries, waiting
+        for them at most the window and never past ``deadline`` (``time.monotonic()``).
+        """
         if image is not None and self.clip is None:
             raise FailedPrecondition(
                 f"image search needs the CLIP channel, which is off: {self.clip_off_reason}")
         if not text and image is None:
             raise InvalidInput("a search needs text, an image, or both")
-        return EncodedQuery(self._vectors([text], [image], query=True)[0])
+        if self.batcher is None:
+            return EncodedQuery(self._query_batch([(text, image)])[0])
+        return EncodedQuery(self.batcher((text, image), deadline=deadline))
 
     def duplicates(self, query: EncodedQuery) -> dict[str, str]:
         """Channels of ``query`` that repeat another one: ``{"fused": part}`` or nothing.
@@ -85,6 +105,11 @@ class Vectoriser:
         parts = [name for name in self.fuser.dims
                  if name in query.vectors and self.fuser.weights.get(name, 1.0) > 0]
         return {FUSED: parts[0]} if len(parts) == 1 else {}
+
+    def _query_batch(self, queries: list[QueryInput]) -> list[Vectors]:
+        """The vectors of several checked queries, in order, from one pass per encoder."""
+        return self._vectors([text for text, _ in queries], [image for _, image in queries],
+                             query=True)
 
     def _vectors(self, texts: list[str], images: Sequence[Image.Image | None], *,
                  query: bool) -> list[Vectors]:

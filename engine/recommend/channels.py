@@ -77,7 +77,7 @@ class RecommendChannels:
         queries: dict[str, ChannelVector] = {}
         context_fused = None
         if request.context:
-            encoded = self.vectoriser.query(request.context, None)
+            encoded = self.vectoriser.query(request.context, None, deadline=request.deadline)
             fused = encoded.vectors.get(FUSED)
             context_fused = fused if isinstance(fused, np.ndarray) else None
             queries.update((name, vector) for name, vector in encoded.vectors.items()

@@ -178,7 +178,8 @@ class Recommender:
         channels = []
         settings = self.settings_for(request.tenant)
         if request.context:  # its channels that are on (a weight of 0 switches one off)
-            encoded = self.channels.vectoriser.query(request.context, None)
+            encoded = self.channels.vectoriser.query(request.context, None,
+                                                     deadline=request.deadline)
             weights = self.channels.weights(request)
             channels = [ChannelQuery(name, vector, settings.candidates, weight)
                         for name, vector in encoded.vectors.items()

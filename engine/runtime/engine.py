@@ -100,7 +100,8 @@ class Engine:
         self.vectoriser = Vectoriser(
             text=models.text, clip=models.clip, lexical=models.lexical, fuser=self.fuser,
             image_weight=config.clip.image_weight,
-            clip_off_reason=self.clip_status.reason or "CLIP is disabled")
+            clip_off_reason=self.clip_status.reason or "CLIP is disabled",
+            batching=config.query_batching)
         off = models.reranker_status.reason if models.reranker_status else "re-ranking is off"
         rerank = RerankStage(zero_shot(models.reranker, config.rerank.search_blend_weight), off,
                              config.rerank)

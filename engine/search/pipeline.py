@@ -33,7 +33,8 @@ class SearchPipeline:
         """
         timer = StageTimer()
         with timer.stage("encode"):
-            encoded = self.vectoriser.query(request.text, request.image)
+            encoded = self.vectoriser.query(request.text, request.image,
+                                            deadline=request.deadline)
         rerank = self.rerank.wanted(request, has_query=bool(request.text))
         limit = self.rerank.pool_size(request, rerank=rerank)
         with timer.stage("retrieve"):

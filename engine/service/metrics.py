@@ -19,7 +19,9 @@ in each lane) and ``mmrec_lane_limit{lane}``, ``mmrec_store_items{tenant}`` and
 :data:`MAX_TENANTS`) plus ``mmrec_store_items_all`` / ``mmrec_store_users_all``,
 ``mmrec_index_building`` (an embedded store's background HNSW build) and ``mmrec_store_up``
 (0 when those store reads failed). Store reads are cached for :data:`STORE_CACHE_SECONDS`,
-so a busy scraper costs a few counts every few seconds.
+so a busy scraper costs a few counts every few seconds. With query batching on,
+``mmrec_query_batch_size`` is a histogram of the queries each forward pass of the query
+encoders took (``engine.encoders.batching``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from engine.runtime import Engine
@@ -48,6 +50,8 @@ MAX_TENANTS = 64
 """Tenants whose item and user counts are exported; later ones are not (labels stay bounded)."""
 STORE_CACHE_SECONDS = 5.0
 """How long one set of store counts answers scrapes."""
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+"""Queries per forward pass; 1024 is the largest ``query_batching.max_batch``."""
 
 
 class TenantCensus:
@@ -137,7 +141,22 @@ class EngineCollector(Collector):
             limit.add_metric([lane.name], lane.limit)
         yield unfinished
         yield limit
+        yield from self._batch_metrics()
         yield from self._store_metrics(self._store_counts())
+
+    def _batch_metrics(self) -> Iterator[Metric]:
+        """The histogram of query batch sizes, when queries are batched."""
+        batcher = self.engine.vectoriser.batcher
+        if batcher is None:
+            return
+        sizes = batcher.batch_sizes()
+        buckets = [(str(bound), float(sum(n for size, n in sizes.items() if size <= bound)))
+                   for bound in BATCH_SIZE_BUCKETS]
+        buckets.append(("+Inf", float(sum(sizes.values()))))
+        yield HistogramMetricFamily(
+            "mmrec_query_batch_size", "Queries encoded together in one forward pass of the "
+            "query encoders.", buckets=buckets,
+            sum_value=float(sum(size * n for size, n in sizes.items())))
 
     def _store_counts(self) -> StoreCounts:
         """The cached reading, or a new one when it is older than STORE_CACHE_SECONDS."""
