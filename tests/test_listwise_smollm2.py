@@ -5,7 +5,7 @@ items of one colour, and the next item is the one candidate of that colour.
 After 120 LoRA steps the trained re-ranker must put that item higher than
 the untrained model does, on lists it never saw. It trains the real model, which
 took over 15 minutes on 2 loaded CPU cores, so it runs only when asked:
-``MMREC_TRAINING_TESTS=1 pytest tests/test_listwise_smollm2.py`` (minutes on a GPU).
+``MMREC_LONG_TESTS=1 pytest tests/test_listwise_smollm2.py`` (minutes on a GPU).
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def lists(rng: random.Random, count: int) -> list[RerankExample]:
 
 
 @pytest.mark.skipif(not SMOLLM2.exists(), reason=f"SmolLM2 not found at {SMOLLM2}: make models")
-@pytest.mark.skipif(os.environ.get("MMREC_TRAINING_TESTS") != "1",
+@pytest.mark.skipif(os.environ.get("MMREC_LONG_TESTS") != "1",
                     reason="trains the real SmolLM2 (over 15 min on 2 CPU cores): set "
-                    "MMREC_TRAINING_TESTS=1")
+                    "MMREC_LONG_TESTS=1")
 @pytest.mark.timeout(3600)
 def test_trained_smollm2_beats_the_untrained_one_on_an_obvious_rule(tmp_path: Path) -> None:
     rng = random.Random(7)

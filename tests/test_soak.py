@@ -1,4 +1,4 @@
-"""The soak benchmark, a short run of it (50 s of load): a real `mmrec serve` under mixed
+"""The soak benchmark, a short run of it (60 s of load): a real `mmrec serve` under mixed
 load from this process, with nothing but shed load allowed to fail and no gross memory growth.
 
 It runs ``benchmarks.soak`` as the 10-minute benchmark does, shorter and narrower: 8
@@ -8,9 +8,9 @@ and no background HNSW build (``--optimize-after`` past what a minute upserts: a
 swap is a one-off RSS spike, ~200 MiB here, that the benchmark measures and that would turn
 a short window's slope into noise).
 
-**50 s of load, not 60.** The server's start (15-25 s of imports on 2 shared cores), its
-shutdown (~5 s) and 60 s of load took 102 s in all at load average 8; the test must stay
-near 90 s. 50 s still sends ~4,000 requests and leaves 37 RSS samples after the warm-up.
+The server's start (15-25 s of imports on 2 shared cores) and shutdown (~5 s) come on top
+of the 60 s of load: ~90 s in all (102 s at load average 8). 60 s sends ~4,000-5,000
+requests and leaves ~45 RSS samples after the 15 s warm-up.
 
 Asserted, as what holds on a busy shared 2-core machine: zero errors other than
 RESOURCE_EXHAUSTED (shed load), answers from every RPC, a clean server exit, the results
@@ -40,7 +40,7 @@ def test_soak_short(tmp_path: Path, tiny_text_dir: Path) -> None:
     if not (DATASETS / "ml-100k" / "ml-100k.item").is_file():
         pytest.skip("MovieLens-100k is missing: `make data` unpacks it")
     out = tmp_path / "results"
-    result = main(["--seconds", "50", "--concurrency", "8", "--items", "300", "--users", "60",
+    result = main(["--seconds", "60", "--concurrency", "8", "--items", "300", "--users", "60",
                    "--optimize-after", "1000000", "--text-model", str(tiny_text_dir),
                    "--datasets", str(DATASETS), "--out", str(out)])
 
@@ -52,7 +52,7 @@ def test_soak_short(tmp_path: Path, tiny_text_dir: Path) -> None:
     assert result["totals"]["errors"] == 0
     assert result["run"]["server_exit_code"] == 0
     trend = result["rss"]["trend"]
-    assert trend["samples"] >= 30  # one a second after the 12.5 s warm-up
+    assert trend["samples"] >= 35  # one a second after the 15 s warm-up
     assert trend["rise_mib"] < RISE_BOUND_MIB, trend
 
     saved = json.loads((out / "soak.json").read_text())
