@@ -25,6 +25,7 @@ from engine.runtime.logs import configure_logging, quiet_model_loading
 from indexers.fetch import FetchOptions
 from indexers.job import run_index_job
 from indexers.pipeline import JobOptions, JobSummary
+from indexers.ray_job import RayOptions
 from indexers.sources import MAX_ROW_BYTES
 from indexers.sources.cells import COLUMN_TYPES
 
@@ -54,7 +55,16 @@ def index(
     source_format: Annotated[str | None, typer.Option(
         "--format", help="jsonl, csv, parquet or folder; default: from the name.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Items per encoder batch.")] = 64,
-    workers: Annotated[int, typer.Option(min=1, help="Image fetch/decode threads.")] = 2,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Image fetch/decode threads; with --ray, indexing actors (one CPU "
+        "each).")] = 2,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="Run on Ray Data: read -> prepare/encode/write in --workers actors "
+        "in parallel. Needs --service or a Qdrant server (store.url); installs with "
+        "pip install 'mmrec[ray]'.")] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="With --ray: a Ray cluster to join (auto, HOST:PORT, "
+        "ray://HOST:10001); default: a local Ray with --workers CPUs.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     checkpoint_seconds: Annotated[float, typer.Option(
         min=0, help="Longest time between checkpoints.")] = 5.0,
@@ -109,7 +119,8 @@ def index(
             options=JobOptions(batch_size=batch_size, workers=workers, restart=restart,
                                checkpoint_seconds=checkpoint_seconds, progress=progress),
             dead_letter=dead_letter, checkpoint_dir=checkpoint_dir,
-            max_row_bytes=max_row_bytes, schema=schema, api_key=api_key, tls_ca=tls_ca)
+            max_row_bytes=max_row_bytes, schema=schema, api_key=api_key, tls_ca=tls_ca,
+            ray=RayOptions(workers=workers, address=ray_address) if ray else None)
     except (MmrecError, OSError) as exc:
         log.debug("the index job failed", exc_info=True)
         errors.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
@@ -156,12 +167,15 @@ def print_summary(out: Console, summary: JobSummary) -> None:
                   "--restart indexes again)")
         return
     resumed = f" (resumed after row {summary.resumed_from})" if summary.resumed_from else ""
+    on_ray = (f" on Ray Data, {summary.ray_workers} workers (first batch back after "
+              f"{summary.startup_seconds:.1f} s)") if summary.ray_workers else ""
     out.print(f"[bold]indexed[/] {summary.indexed} items, [bold]failed[/] {summary.failed} rows"
-              f"{resumed}; this run {summary.seconds:.1f} s, {summary.items_per_second:.1f} rows/s"
-              f", index build {summary.finish_seconds:.1f} s. Store holds "
-              f"{summary.store_count} items.")
+              f"{resumed}; this run {summary.seconds:.1f} s{on_ray}, "
+              f"{summary.items_per_second:.1f} rows/s, index build "
+              f"{summary.finish_seconds:.1f} s. Store holds {summary.store_count} items.")
     rates = summary.stage_rates()
-    out.print("  stages (items per busy second): " + ", ".join(
+    summed = ", summed over the workers" if summary.ray_workers else ""
+    out.print(f"  stages (items per busy second{summed}): " + ", ".join(
         f"{stage} {rates[stage]:.0f}/s ({summary.stage_seconds[stage]:.1f} s)"
         for stage in rates))
     if summary.failed:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from engine.client import MmrecClient
 from engine.config import EngineConfig
+from engine.domain import InvalidInput
 from engine.runtime.engine import Engine
 from indexers.checkpoint import job_files
 from indexers.fetch import FetchOptions
 from indexers.pipeline import IndexJob, JobOptions, JobSummary
+from indexers.ray_job import RayIndexJob, RayOptions
 from indexers.sources import MAX_ROW_BYTES, open_source
 from indexers.targets import ServiceTarget, StoreTarget, Target
 
@@ -57,6 +60,7 @@ def run_index_job(
     schema: Mapping[str, str] | None = None,
     api_key: str | None = None,
     tls_ca: Path | None = None,
+    ray: RayOptions | None = None,
 ) -> JobSummary:
     """Index ``source_path`` into the configured store (or a service) and return the summary.
 
@@ -66,13 +70,29 @@ def run_index_job(
     and an UpsertItems call accept the same images; its ``allow_outside_paths`` also
     lets a folder's captions lie outside it. ``max_row_bytes`` and ``schema`` (CSV column
     types) go to the reader (``indexers.sources.open_source``).
+
+    ``ray`` runs the job on Ray Data (``indexers.ray_job``): it needs a target many
+    processes can write to, a service or a Qdrant server (``store.url``).
     """
+    if ray is not None and not service and config.store.url is None:
+        raise InvalidInput(
+            f"--ray writes from several processes, and the embedded store in "
+            f"{config.store.data_dir} is locked by one: index through a running service "
+            "(`mmrec serve`, then --service HOST:PORT) or into a Qdrant server (store.url), "
+            "or leave out --ray")
     fetch = fetch or FetchOptions(max_bytes=config.service.limits.max_image_bytes)
     source = open_source(source_path, format=source_format, max_row_bytes=max_row_bytes,
                          schema=schema, allow_outside_paths=fetch.allow_outside_paths)
     jobs = checkpoint_dir or (Path(".mmrec/jobs") if service else config.store.data_dir / "jobs")
     checkpoint_file, default_letters = job_files(jobs, source.path)
+    letters = dead_letter or default_letters
     with open_target(config, fetch, service, engine, api_key=api_key, tls_ca=tls_ca) as target:
-        job = IndexJob(source, target, checkpoint_file=checkpoint_file,
-                       dead_letter=dead_letter or default_letters, options=options)
-        return job.run()
+        if ray is None:
+            return IndexJob(source, target, checkpoint_file=checkpoint_file,
+                            dead_letter=letters, options=options).run()
+        # Each actor opens its own target the same way (after the driver's: a server store's
+        # collection is created once, before any actor starts).
+        targets = functools.partial(open_target, config, fetch, service, api_key=api_key,
+                                    tls_ca=tls_ca)
+        return RayIndexJob(source, target, targets, checkpoint_file=checkpoint_file,
+                           dead_letter=letters, options=options, ray=ray).run()

@@ -74,6 +74,11 @@ class JobSummary:
     reasons: dict[str, int] = field(default_factory=dict)
     dead_letter: Path | None = None
     store_count: int | None = None
+    ray_workers: int = 0
+    """Actors of a Ray run (``mmrec index --ray``); 0 for the single-process job."""
+    startup_seconds: float = 0.0
+    """Of ``seconds``, the time a Ray run took to its first batch back: starting or joining
+    Ray, the actors opening their targets (loading the encoders), one batch."""
 
     @property
     def items_per_second(self) -> float:
@@ -103,7 +108,35 @@ class _Failed(Exception):
     """Another stage failed; its error is re-raised by the caller."""
 
 
-def _reason_key(reason: str) -> str:
+def resume_state(source: CatalogSource, target: Target, checkpoint_file: Path, *,
+                 restart: bool, summary: JobSummary) -> cp.Checkpoint | None:
+    """The checkpoint to resume from, a fresh one, or None when this job is already done.
+
+    A checkpoint counts only for the same catalog and the same target signature (models,
+    channels, destination, fetch policy); its counts go into ``summary``. Shared by the
+    single-process job and the Ray job, whose checkpoints mean the same thing.
+    """
+    fingerprint, engine = source.fingerprint(), cp.signature(target.signature())
+    state = None if restart else cp.load(checkpoint_file)
+    if state is not None and state.matches(fingerprint, engine):
+        if state.done:
+            log.info("%s is already indexed with this configuration (checkpoint %s); "
+                     "nothing to do. Use --restart to index it again.", source.path,
+                     checkpoint_file)
+            return None
+        log.info("resuming after row %d (%d indexed, %d failed so far)", state.position,
+                 state.indexed, state.failed)
+        summary.indexed, summary.failed = state.indexed, state.failed
+        summary.reasons = dict(state.reasons)
+        return state
+    if state is not None:
+        log.info("the catalog or the configuration changed since checkpoint %s: "
+                 "indexing from the start", checkpoint_file)
+    return cp.Checkpoint(source=fingerprint, engine=engine)
+
+
+def reason_key(reason: str) -> str:
+    """The part of a reason the summary counts rows by (the text before ':')."""
     return reason.split(":")[0][:60]
 
 
@@ -206,23 +239,8 @@ class IndexJob:
 
     def _start_state(self) -> cp.Checkpoint | None:
         """The checkpoint to resume from, a fresh one, or None when this job is already done."""
-        source, engine = self.source.fingerprint(), cp.signature(self.target.signature())
-        state = None if self.options.restart else cp.load(self.checkpoint_file)
-        if state is not None and state.matches(source, engine):
-            if state.done:
-                log.info("%s is already indexed with this configuration (checkpoint %s); "
-                         "nothing to do. Use --restart to index it again.", self.source.path,
-                         self.checkpoint_file)
-                return None
-            log.info("resuming after row %d (%d indexed, %d failed so far)", state.position,
-                     state.indexed, state.failed)
-            self.summary.indexed, self.summary.failed = state.indexed, state.failed
-            self.summary.reasons = dict(state.reasons)
-            return state
-        if state is not None:
-            log.info("the catalog or the configuration changed since checkpoint %s: "
-                     "indexing from the start", self.checkpoint_file)
-        return cp.Checkpoint(source=source, engine=engine)
+        return resume_state(self.source, self.target, self.checkpoint_file,
+                            restart=self.options.restart, summary=self.summary)
 
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -310,7 +328,7 @@ class IndexJob:
             bad.sort(key=lambda entry: entry[0].position)
             for row, item_id, reason in bad:
                 letters.write(row.position, item_id, reason, row.raw)
-                reasons[_reason_key(reason)] += 1
+                reasons[reason_key(reason)] += 1
             stored = len(unit.encoded) - len(dropped)
             state.indexed += stored
             state.failed += len(bad)

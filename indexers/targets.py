@@ -8,7 +8,8 @@ failures of the target itself (store down, service unreachable) stop a job.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +67,10 @@ class Target(Protocol):
 
     def count(self) -> int | None:
         """Items the destination holds, for the summary."""
+
+
+TargetFactory = Callable[[], AbstractContextManager[Target]]
+"""Opens a target of one's own (``mmrec index --ray``: each actor opens one; picklable)."""
 
 
 def fetch_policy(fetch: FetchOptions) -> dict[str, Any]:
