@@ -18,7 +18,7 @@ MODELS_DIR ?= $(or $(MMREC_RERANK__MODELS_DIR),$(or $(filter /%,$(XDG_CACHE_HOME
 SMOLLM2 := $(MODELS_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA3 := $(MODELS_DIR)/gemma3-270m/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: demo test install data models tools protos lint clean
+.PHONY: demo test bench install data models tools protos lint clean
 
 demo: install data models  ## index the demo data, serve it, query it over gRPC
 	$(VENV)/bin/mmrec demo
@@ -29,6 +29,11 @@ test: install models tools  ## lint, check stubs, imports and types, run the tes
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
+
+# Every benchmark suite, one report: `make bench BENCH_ARGS=--quick` for the short run,
+# `make bench BENCH_ARGS="scale ann"` for some suites (see benchmarks/README.md).
+bench: install data models  ## run the benchmark suites into benchmarks/results/
+	$(VENV)/bin/mmrec bench $(BENCH_ARGS)
 
 install: $(STAMP)
 

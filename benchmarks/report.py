@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from collections.abc import Sequence
@@ -12,7 +13,11 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+COMMITTED = Path(__file__).resolve().parent / "results"
+"""The results kept in the repository (benchmarks/results/)."""
+RESULTS = Path(os.environ.get("MMREC_BENCH_OUT") or COMMITTED)
+"""Where a benchmark writes: benchmarks/results/, or the folder ``mmrec bench --out`` names
+(it passes ``MMREC_BENCH_OUT`` to each step)."""
 
 
 def commit() -> str:

@@ -20,11 +20,12 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import COMMITTED, RESULTS, markdown_table, write
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -69,16 +70,18 @@ def group(run: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="rerank_quality_*")
+    parser.add_argument("--runs-dir", type=Path, default=COMMITTED,
+                        help="where the runs are (default: the committed benchmarks/results)")
     args = parser.parse_args()
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for path in sorted(RESULTS.glob(f"{args.runs}.json")):
+    for path in sorted(args.runs_dir.glob(f"{args.runs}.json")):
         run = json.loads(path.read_text())
         if run.get("phase", "done") != "done":
             print(f"{path.name}: left out, the run stopped after phase {run['phase']!r}")
             continue
         by_model[group(run)].append(run)
     if not by_model:
-        raise SystemExit(f"no runs matching {args.runs}.json in {RESULTS}; run python -m "
+        raise SystemExit(f"no runs matching {args.runs}.json in {args.runs_dir}; run python -m "
                          "benchmarks.rerank_quality --name rerank_quality_<model>_s<seed>")
     summary = {model: summarise(runs) for model, runs in by_model.items()}
     fmt = lambda p: f"{p[0]:.4f} ± {p[1]:.4f}"  # noqa: E731

@@ -11,7 +11,9 @@ word rarely appears in a relevant caption: the task rewards meaning over
 spelling, and folder names never leak into the indexed text.
 
 Rows (one run, the same index): lexical only (BM25), dense only (fused + text
-channels), hybrid (all channels, RRF), hybrid + LLM re-rank of the top 20.
+channels), each dense channel alone (text; fused, which without CLIP is the text vector
+again and is folded into it, so that row says what "fused" adds), hybrid fused by DBSF and
+by RRF (all channels), hybrid + LLM re-rank of the top 20 (``--no-llm`` leaves it out).
 Metrics: Recall@10, nDCG@10 (ir-measures), and Recall@20 (the pool the
 re-ranker sees). Caption-to-image retrieval needs CLIP weights; without them
 that part is skipped and the output says so.
@@ -45,6 +47,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "lexical only (BM25)": {"weights": {"fused": 0, "text": 0, "clip": 0, "lexical": 1},
                             "rerank": False},
     "dense only (fused + text)": {"weights": {"lexical": 0}, "rerank": False},
+    "text only (MiniLM)": {"weights": {"fused": 0, "clip": 0, "lexical": 0}, "rerank": False},
+    "fused only": {"weights": {"text": 0, "clip": 0, "lexical": 0}, "rerank": False},
+    "hybrid, DBSF (all channels)": {"weights": {}, "rerank": False, "fusion": "dbsf"},
     "hybrid (RRF of all channels)": {"weights": {}, "rerank": False},
     "hybrid + LLM re-rank (top 20)": {"weights": {}, "rerank": True},
 }
@@ -68,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-ms", type=int, default=20_000,
                         help="Re-rank budget per query (large: measure quality, not speed).")
+    parser.add_argument("--no-llm", action="store_true", help="Leave out the LLM re-rank row.")
     args = parser.parse_args()
     stamps = stamps_dir()
     if stamps is None:
@@ -88,13 +94,15 @@ def main() -> None:
               f"LLM: {llm.name if llm and llm.loaded else 'off'}")
         runs, seconds, reranked = {}, {}, {}
         for label, row in ROWS.items():
-            if row["rerank"] and engine.pipeline.rerank.reranker is None:
-                print(f"{label}: skipped, the LLM is not loaded")
+            if row["rerank"] and (args.no_llm or engine.pipeline.rerank.reranker is None):
+                print(f"{label}: skipped, " + ("--no-llm" if args.no_llm else
+                                                 "the LLM is not loaded"))
                 continue
             started = time.perf_counter()
             results = {qid: engine.search(SearchRequest(
                 text=text, image=None, top_k=20, tenant="default", weights=row["weights"],
-                rerank=row["rerank"], budget_ms=args.budget_ms)) for qid, text in queries.items()}
+                rerank=row["rerank"], budget_ms=args.budget_ms, fusion=row.get("fusion")))
+                for qid, text in queries.items()}
             seconds[label] = (time.perf_counter() - started) / len(queries)
             runs[label] = {qid: ranking_to_run([h.record.id for h in result.hits])
                            for qid, result in results.items()}

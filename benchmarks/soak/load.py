@@ -76,6 +76,8 @@ class Stream:
     data: SoakData
     feed: EventFeed
     rerank_share: float
+    mix: dict[str, float] = field(default_factory=lambda: dict(MIX))
+    """Share of each RPC among this stream's requests (the soak's ``MIX`` by default)."""
     rng: random.Random = field(init=False)
     calls: list[Call] = field(default_factory=list)
     revision: int = 0
@@ -87,7 +89,7 @@ class Stream:
 
     def run(self, started: float, deadline: float, stop: threading.Event) -> None:
         """Send requests until the deadline (or ``stop``), recording every one."""
-        rpcs, weights = list(MIX), list(MIX.values())
+        rpcs, weights = list(self.mix), list(self.mix.values())
         calls: dict[str, Callable[[], bool]] = {
             "Search": self._call_search, "Recommend": self._call_recommend,
             "RecordEvents": self._call_events, "UpsertItems": self._call_upsert}
@@ -162,13 +164,14 @@ class Stream:
 
 def run_streams(target: str, data: SoakData, *, concurrency: int, seconds: float,
                 rerank_share: float, timeout: float,
-                tick: Callable[[list[Stream], float], None]) -> tuple[list[Stream], float]:
-    """Run ``concurrency`` streams for ``seconds``; ``tick(streams, elapsed)`` is called
-    about once a second from this thread (progress, RSS samples). Returns the finished
-    streams and the load's wall time."""
+                tick: Callable[[list[Stream], float], None],
+                mix: dict[str, float] | None = None) -> tuple[list[Stream], float]:
+    """Run ``concurrency`` streams for ``seconds``, each sending ``mix`` (default ``MIX``);
+    ``tick(streams, elapsed)`` is called about once a second from this thread (progress, RSS
+    samples). Returns the finished streams and the load's wall time."""
     feed, stop = EventFeed(data), threading.Event()
-    streams = [Stream(i, MmrecClient(target, timeout=timeout), data, feed, rerank_share)
-               for i in range(concurrency)]
+    streams = [Stream(i, MmrecClient(target, timeout=timeout), data, feed, rerank_share,
+                      dict(mix or MIX)) for i in range(concurrency)]
     started = time.perf_counter()
     deadline = time.monotonic() + seconds
     threads = [threading.Thread(target=s.run, args=(started, deadline, stop),

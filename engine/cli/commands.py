@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from engine.cli.bench import bench
 from engine.cli.keys import keys_app
 from engine.cli.render import print_info, print_results
 from engine.config import EngineConfig
@@ -66,6 +67,7 @@ def serve(
 
 app.command("index")(index_catalog)
 app.add_typer(keys_app, name="keys")
+app.command("bench")(bench)
 
 
 @app.command("train-seq")
