@@ -135,6 +135,20 @@ def resume_state(source: CatalogSource, target: Target, checkpoint_file: Path, *
     return cp.Checkpoint(source=fingerprint, engine=engine)
 
 
+def finish_job(target: Target, state: cp.Checkpoint, checkpoint_file: Path,
+               summary: JobSummary, started: float) -> JobSummary:
+    """The end of a job whose every row is stored or dead-lettered: the target's final
+    flush and index build, the checkpoint marked done, the summary's times and count."""
+    finished = time.perf_counter()
+    target.finish()
+    summary.finish_seconds = time.perf_counter() - finished
+    state.done = True
+    cp.save(checkpoint_file, state)
+    summary.seconds = time.perf_counter() - started
+    summary.store_count = target.count()
+    return summary
+
+
 def reason_key(reason: str) -> str:
     """The part of a reason the summary counts rows by (the text before ':')."""
     return reason.split(":")[0][:60]
@@ -228,14 +242,7 @@ class IndexJob:
             letters.close()
         if self._error is not None:
             raise self._error
-        finished = time.perf_counter()
-        self.target.finish()
-        self.summary.finish_seconds = time.perf_counter() - finished
-        state.done = True
-        cp.save(self.checkpoint_file, state)
-        self.summary.seconds = time.perf_counter() - started
-        self.summary.store_count = self.target.count()
-        return self.summary
+        return finish_job(self.target, state, self.checkpoint_file, self.summary, started)
 
     def _start_state(self) -> cp.Checkpoint | None:
         """The checkpoint to resume from, a fresh one, or None when this job is already done."""

@@ -47,7 +47,7 @@ import numpy as np
 from engine import domain
 from engine.domain import FailedPrecondition, MmrecError, Unavailable
 from indexers import checkpoint as cp
-from indexers.pipeline import JobOptions, JobSummary, reason_key, resume_state
+from indexers.pipeline import JobOptions, JobSummary, finish_job, reason_key, resume_state
 from indexers.sources import CatalogSource
 from indexers.targets import Target, TargetFactory
 
@@ -213,14 +213,7 @@ class RayIndexJob:
                 self._consume(self._dataset(state.position), ledger)
         finally:
             letters.close()
-        finished = time.perf_counter()
-        self.target.finish()
-        self.summary.finish_seconds = time.perf_counter() - finished
-        state.done = True
-        cp.save(self.checkpoint_file, state)
-        self.summary.seconds = time.perf_counter() - started
-        self.summary.store_count = self.target.count()
-        return self.summary
+        return finish_job(self.target, state, self.checkpoint_file, self.summary, started)
 
     def _dataset(self, start_after: int) -> Any:
         """read (one task, driver's node, no CPU reserved) -> index (actor pool of N)."""
