@@ -113,8 +113,9 @@ def resume_state(source: CatalogSource, target: Target, checkpoint_file: Path, *
     """The checkpoint to resume from, a fresh one, or None when this job is already done.
 
     A checkpoint counts only for the same catalog and the same target signature (models,
-    channels, destination, fetch policy); its counts go into ``summary``. Shared by the
-    single-process job and the Ray job, whose checkpoints mean the same thing.
+    channels, destination, fetch policy); its counts and position go into ``summary`` (for a
+    job already done: ``already_done`` and the store's count). Shared by the single-process
+    job and the Ray job, whose checkpoints mean the same thing.
     """
     fingerprint, engine = source.fingerprint(), cp.signature(target.signature())
     state = None if restart else cp.load(checkpoint_file)
@@ -123,16 +124,19 @@ def resume_state(source: CatalogSource, target: Target, checkpoint_file: Path, *
             log.info("%s is already indexed with this configuration (checkpoint %s); "
                      "nothing to do. Use --restart to index it again.", source.path,
                      checkpoint_file)
+            summary.already_done, summary.store_count = True, target.count()
             return None
         log.info("resuming after row %d (%d indexed, %d failed so far)", state.position,
                  state.indexed, state.failed)
         summary.indexed, summary.failed = state.indexed, state.failed
         summary.reasons = dict(state.reasons)
-        return state
-    if state is not None:
-        log.info("the catalog or the configuration changed since checkpoint %s: "
-                 "indexing from the start", checkpoint_file)
-    return cp.Checkpoint(source=fingerprint, engine=engine)
+    else:
+        if state is not None:
+            log.info("the catalog or the configuration changed since checkpoint %s: "
+                     "indexing from the start", checkpoint_file)
+        state = cp.Checkpoint(source=fingerprint, engine=engine)
+    summary.resumed_from = state.position
+    return state
 
 
 def finish_job(target: Target, state: cp.Checkpoint, checkpoint_file: Path,
@@ -211,12 +215,10 @@ class IndexJob:
     def run(self) -> JobSummary:
         """Run (or resume) the job to the end; re-raises a failure of the target or source."""
         started = time.perf_counter()
-        state = self._start_state()
+        state = resume_state(self.source, self.target, self.checkpoint_file,
+                             restart=self.options.restart, summary=self.summary)
         if state is None:
-            self.summary.already_done = True
-            self.summary.store_count = self.target.count()
             return self.summary
-        self.summary.resumed_from = state.position
         letters = cp.DeadLetters(self.dead_letter, state.dead_letter_bytes)
         depth = self.options.batch_size * self.options.prefetch_batches
         rows: queue.Queue[Any] = queue.Queue(depth)
@@ -243,11 +245,6 @@ class IndexJob:
         if self._error is not None:
             raise self._error
         return finish_job(self.target, state, self.checkpoint_file, self.summary, started)
-
-    def _start_state(self) -> cp.Checkpoint | None:
-        """The checkpoint to resume from, a fresh one, or None when this job is already done."""
-        return resume_state(self.source, self.target, self.checkpoint_file,
-                            restart=self.options.restart, summary=self.summary)
 
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         try:

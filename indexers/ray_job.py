@@ -202,10 +202,7 @@ class RayIndexJob:
         state = resume_state(self.source, self.target, self.checkpoint_file,
                              restart=self.options.restart, summary=self.summary)
         if state is None:
-            self.summary.already_done = True
-            self.summary.store_count = self.target.count()
             return self.summary
-        self.summary.resumed_from = state.position
         letters = cp.DeadLetters(self.dead_letter, state.dead_letter_bytes)
         ledger = ChunkLedger(state, letters)
         try:
