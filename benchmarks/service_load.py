@@ -33,9 +33,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from benchmarks.report import RESULTS, markdown_table, write
-from benchmarks.soak.data import SoakData, index_and_seed, load_data
+from benchmarks.soak.data import SoakData, load_data
 from benchmarks.soak.load import FREE_QUERIES, Stream, all_calls, run_streams
-from benchmarks.soak.server import start_server, wait_listening, write_config
+from benchmarks.soak.run import setup_server
+from benchmarks.soak.server import start_server, write_config
 from engine.client import MmrecClient
 from engine.config import EngineConfig
 from engine.domain import HybridQuery, RecommendRequest, SearchRequest
@@ -124,10 +125,8 @@ def main() -> None:
                                    llm=False, optimize_after=1_000_000)
         server = start_server(config_path, folder / "data", folder / "serve.log")
         try:
-            wait_listening(server, timeout=300)
-            with MmrecClient(server.target, timeout=600) as client:
-                client.wait_ready(timeout=300)
-                index_and_seed(client, data, 0.0)
+            setup_server(server, data)
+            with MmrecClient(server.target, timeout=60) as client:
                 client.search(text="warm up", top_k=10)
             rows = []
             for rpc in RPCS:

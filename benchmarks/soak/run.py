@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                               optimize_after=args.optimize_after)
         server = start_server(config, folder / "data", folder / "serve.log")
         try:
-            setup = _setup(server, data)
+            setup = setup_server(server, data)
             print(f"setup: ready in {setup.ready_s:.1f} s, {setup.items:,} films indexed in "
                   f"{setup.index_s:.1f} s, {setup.events:,} seed ratings in "
                   f"{setup.events_s:.1f} s", flush=True)
@@ -111,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return _report(args, data, setup, run, exit_code)
 
 
-def _setup(server: ServerProcess, data: SoakData) -> SetupTimes:
-    """Wait for the server, then index the films and seed the users' first ratings."""
+def setup_server(server: ServerProcess, data: SoakData) -> SetupTimes:
+    """Wait for the server, then index the films and seed the users' first ratings (the
+    soak's and ``benchmarks.service_load``'s setup)."""
     started = time.perf_counter()
     wait_listening(server, timeout=300)
     with MmrecClient(server.target, timeout=600) as client:
