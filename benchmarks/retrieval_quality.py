@@ -192,7 +192,6 @@ def report(queries: dict[str, str], qrels: dict, runs: dict, seconds: dict,
     data: dict[str, Any] = {"queries": len(queries), "scores": scores,
                             "ms_per_query": {k: v * 1000 for k, v in seconds.items()},
                             "reranked_per_query": reranked}
-    base, top = BASE, LLM_ROW
     if blend is not None:
         test = blend["test"]
         text += (f"\nSearch blend weight (`rerank.search_blend_weight`) chosen on "
@@ -203,8 +202,9 @@ def report(queries: dict[str, str], qrels: dict, runs: dict, seconds: dict,
                  f"blend at the chosen weight {test['blend']:.3f}, LLM order alone "
                  f"{test['llm alone']:.3f}.\n")
         data["search_blend"] = blend
-    if top in runs:
-        before, after = per_query_ndcg(qrels, runs[base]), per_query_ndcg(qrels, runs[top])
+    if LLM_ROW in runs:
+        before = per_query_ndcg(qrels, runs[BASE])
+        after = per_query_ndcg(qrels, runs[LLM_ROW])
         delta = {q: after.get(q, 0.0) - before.get(q, 0.0) for q in qrels}
         helped = sorted((q for q in delta if delta[q] > 1e-9), key=lambda q: -delta[q])
         hurt = sorted((q for q in delta if delta[q] < -1e-9), key=lambda q: delta[q])

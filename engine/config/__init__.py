@@ -153,7 +153,9 @@ class RerankSettings(BaseModel):
     search_blend_weight: float = Field(
         1.0, ge=0.0, le=1.0, description="Weight of the zero-shot LLM's rank against the "
         "fused rank in search (0: fused order). 1.0 is the LLM's order alone, as before the "
-        "blend existed; not yet chosen on a validation split.")
+        "blend existed. `python -m benchmarks.retrieval_quality` chooses it on a validation "
+        "half of its queries; that choice has not yet run on a quiet machine, so this is not "
+        "yet a measured default.")
     zero_shot_recommend_weight: float = Field(
         1.0, ge=0.0, le=1.0, description="The same blend weight for recommendations when no "
         "trained re-ranker is loaded (zero-shot, at chance on MovieLens).")
