@@ -35,7 +35,9 @@ def make_config(data_dir: Path, text_dir: Path, clip: ClipSettings | None = None
         device="cpu",
         clip=clip.model_dump(),
         text_encoder={"model": str(text_dir)},
-        rerank={"model": str(llm_dir or ""), "budget_ms": 10_000},
+        # The LLM's order alone in search, so tests see what the stage did (the shipped
+        # default is 0, chosen by benchmarks/retrieval_quality: the fused order).
+        rerank={"model": str(llm_dir or ""), "budget_ms": 10_000, "search_blend_weight": 1.0},
         store={"data_dir": data_dir},
         service={"default_top_k": 5, "limits": {
             "max_top_k": 50, "max_text_chars": 200, "max_image_bytes": 200_000,

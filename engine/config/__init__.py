@@ -151,11 +151,11 @@ class RerankSettings(BaseModel):
         "(PyTorch dynamic quantisation, after the LoRA merge); ignored on CUDA. Its speed and "
         "ranking agreement are in benchmarks/results/rerank_throughput.md.")
     search_blend_weight: float = Field(
-        1.0, ge=0.0, le=1.0, description="Weight of the zero-shot LLM's rank against the "
+        0.0, ge=0.0, le=1.0, description="Weight of the zero-shot LLM's rank against the "
         "fused rank in search (0: fused order). 1.0 is the LLM's order alone, as before the "
-        "blend existed. `python -m benchmarks.retrieval_quality` chooses it on a validation "
-        "half of its queries; that choice has not yet run on a quiet machine, so this is not "
-        "yet a measured default.")
+        "blend existed. 0 because `python -m benchmarks.retrieval_quality` chose it on a "
+        "validation half of its queries: no weight beat the fused order by 2 SE "
+        "(benchmarks/results/retrieval_quality.md).")
     zero_shot_recommend_weight: float = Field(
         1.0, ge=0.0, le=1.0, description="The same blend weight for recommendations when no "
         "trained re-ranker is loaded (zero-shot, at chance on MovieLens).")
