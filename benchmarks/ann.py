@@ -26,6 +26,7 @@ from benchmarks import synthetic_store as synth
 from benchmarks.report import RESULTS, markdown_table
 from benchmarks.store_worker import WARMUP_QUERIES, run_worker
 from engine.config import StoreSettings
+from engine.evaluation import neighbour_recall
 
 EFS = (16, 32, 64, 128, 256)
 TARGET = 0.98
@@ -40,7 +41,7 @@ def curve(size: int, queries: int, efs: list[int], work: Path) -> tuple[dict, li
     timed = synth.query_vectors(queries + WARMUP_QUERIES)[WARMUP_QUERIES:]  # as the worker's
     exact = synth.exact_top(size, timed)
     rows = [{**synth.provenance("single", size), "size": size, "hnsw_ef": run["hnsw_ef"],
-             "recall_at_10": synth.recall(run["ids"], exact), "p50_ms": run["p50_ms"],
+             "recall_at_10": neighbour_recall(run["ids"], exact), "p50_ms": run["p50_ms"],
              "p95_ms": run["p95_ms"], "queries": queries} for run in served["runs"]]
     return built, rows
 

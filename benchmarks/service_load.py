@@ -35,7 +35,7 @@ import numpy as np
 from benchmarks.report import RESULTS, markdown_table, write
 from benchmarks.soak.data import SoakData, load_data
 from benchmarks.soak.load import FREE_QUERIES, Stream, all_calls, run_streams
-from benchmarks.soak.run import setup_server
+from benchmarks.soak.run import setup_seconds, setup_server
 from benchmarks.soak.server import start_server, write_config
 from engine.client import MmrecClient
 from engine.config import EngineConfig
@@ -105,6 +105,15 @@ def raw_parts(config: EngineConfig, data: SoakData, queries: int) -> dict[str, f
             "raw_batched_qps": 1000 / (batch_s * 1000 + med(store_s))}
 
 
+RAW_PARTS_S = 25.0
+"""About how long the in-process raw-parts measurement takes on 2 busy cores."""
+
+
+def expected_seconds(films: int, levels: int, seconds: float) -> float:
+    """The run's expected wall time: setup, raw parts, then each level's Search and Recommend."""
+    return setup_seconds(films) + RAW_PARTS_S + 2 * levels * seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")],
@@ -117,7 +126,7 @@ def main() -> None:
     data = load_data(items=300 if args.quick else 0, users=200 if args.quick else 0)
     print(f"service_load: {len(data.films):,} films, {len(data.ratings):,} users; levels "
           f"{args.levels} for {seconds:.0f} s each, {RPCS}; expected ~"
-          f"{(60 + 0.03 * len(data.films) + 2 * len(args.levels) * seconds) / 60:.0f} min",
+          f"{expected_seconds(len(data.films), len(args.levels), seconds) / 60:.0f} min",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="mmrec-service-") as work:
         folder = Path(work)

@@ -98,12 +98,6 @@ def exact_top(size: int, queries: np.ndarray, k: int = TOP_K, seed: int = SEED) 
     return best_ids
 
 
-def recall(found: list[list[int]], exact: np.ndarray) -> float:
-    """Mean recall@k of the found ids against the exact top k."""
-    return float(np.mean([len(set(f) & set(e.tolist())) / len(e) for f, e in zip(
-        found, exact, strict=True)]))
-
-
 # -- item layouts ----------------------------------------------------------------------------
 
 def schema(layout: Layout) -> VectorSchema:

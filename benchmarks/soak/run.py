@@ -39,6 +39,12 @@ from indexers.datasets import DATASETS
 SETUP_S, INDEX_S_PER_FILM = 35.0, 0.025
 """About how long setup takes on 2 busy cores: the server's start and first encode, then
 per film indexed (measured here)."""
+
+
+def setup_seconds(films: int) -> float:
+    """About how long :func:`setup_server` and the server's start take for ``films``."""
+    return SETUP_S + INDEX_S_PER_FILM * films
+
 OPTIMIZE_AFTER = 1000
 
 
@@ -88,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     data = load_data(args.datasets, items=args.items, users=args.users)
     print(f"soak at commit {commit()}: {len(data.films):,} MovieLens-100k films, "
           f"{len(data.ratings):,} users; {args.concurrency} streams for {args.seconds:.0f} s. "
-          f"Expected: setup about {SETUP_S + INDEX_S_PER_FILM * len(data.films):.0f} s "
+          f"Expected: setup about {setup_seconds(len(data.films)):.0f} s "
           f"(server start, indexing, seed events), then {args.seconds:.0f} s of load.",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="mmrec-soak-") as work:

@@ -1,10 +1,11 @@
-"""Offline evaluation of recommenders: the leave-one-out split and the rank metrics.
+"""Offline evaluation: the leave-one-out split and the rank metrics (recommenders, search, ANN).
 
 - :func:`leave_one_out` holds out each user's most recent events
   (:mod:`engine.evaluation.split`);
 - :func:`target_ranks` ranks each held-out item in a full score matrix with the
   user's history masked, :func:`metrics_from_ranks` turns ranks into per-user
-  NDCG@k and Recall@k, :func:`mean_metrics` averages them, and
+  NDCG@k and Recall@k, :func:`mean_metrics` averages them, :func:`neighbour_recall`
+  scores an ANN index against exact search, and
   :func:`evaluate_qrels` (and :func:`evaluate_qrels_per_query`) score graded
   relevance through ir-measures
   (:mod:`engine.evaluation.metrics`).
@@ -26,6 +27,7 @@ from engine.evaluation.metrics import (
     evaluate_qrels_per_query,
     mean_metrics,
     metrics_from_ranks,
+    neighbour_recall,
     ranking_to_run,
     target_ranks,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "leave_one_out",
     "mean_metrics",
     "metrics_from_ranks",
+    "neighbour_recall",
     "ranking_to_run",
     "target_ranks",
 ]

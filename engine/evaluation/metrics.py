@@ -51,6 +51,15 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dic
     return out
 
 
+def neighbour_recall(found: Sequence[Sequence[int]], exact: np.ndarray) -> float:
+    """Mean recall@k of an approximate search's ids against the exact top k (ANN recall).
+
+    ``exact[q]`` holds query q's k true nearest ids; ``found[q]`` what the index returned.
+    """
+    return float(np.mean([len(set(f) & set(e.tolist())) / len(e)
+                          for f, e in zip(found, exact, strict=True)]))
+
+
 def target_ranks(scores: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,
                  *, mask_seen_target: bool = False) -> np.ndarray:
     """1-based rank of each target among the items not in its history, ties pessimistic.
