@@ -109,7 +109,8 @@ def run(out_dir: Path = RESULTS, quick: bool = False, *, size: int | None = None
     for r in rows:
         print(f"  ef {r['hnsw_ef']}: recall@10 {r['recall_at_10']:.4f}, p50 {r['p50_ms']:.2f} ms")
     data = {"rows": rows, "build": built, "verdict": found}
-    synth.save(out_dir, "ann", data, markdown(rows, built, found))
+    synth.save(out_dir, "ann", data, markdown(rows, built, found),
+               provenance=synth.store_provenance({"single": [size]}))
     plot(rows, out_dir / "ann.png")
     return data
 

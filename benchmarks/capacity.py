@@ -29,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from benchmarks.report import COMMITTED, markdown_table, write
+from benchmarks.report import COMMITTED, NONE, Provenance, markdown_table, real_weights, write
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +84,21 @@ def inputs() -> dict[str, Any]:
     if service is not None:  # the encoder alone, one query and in batches of 32
         out["encode_ms"] = service["raw_parts"]["encode_p50_ms"]
         out["encode_batched_ms"] = service["raw_parts"]["encode_batched_ms_per_query"]
+        out["text_model"] = service.get("text_model")
         out["sources"].append("service_load.json")
+    out["store"] = largest.get("store", "EdgeStore")
     return out
+
+
+def provenance(m: dict[str, Any], target: argparse.Namespace) -> Provenance:
+    """Nothing is measured here: the data are the results read, the model the query encoder
+    service_load.json timed, the store the one scale.json measured; no device runs."""
+    models = {"query encoder (timed in service_load.json)": real_weights(m["text_model"])
+              } if m.get("text_model") else {}
+    return Provenance(f"measured results ({', '.join(m['sources'])}) extrapolated to "
+                      f"{target.items:,} items at {target.qps:,.0f} QPS", models,
+                      f"{m['store']} (as measured in scale.json), sized as a Qdrant cluster",
+                      f"{NONE} (arithmetic over the results read)")
 
 
 def item_ram(kind: str, m: dict[str, Any], a: Assumptions) -> float:
@@ -152,7 +165,8 @@ def main() -> None:
           f"queries/s at {encode:.1f} core-ms each in batches (the service's micro-batching forms "
           "them under load; or GPUs: the gpu suite measures their rate).")
     write("capacity", {"inputs": m, "assumptions": asdict(a), "target": vars(target),
-                       "rows": rows, "encoder_cores": encoder_cores}, md)
+                       "rows": rows, "encoder_cores": encoder_cores}, md,
+          provenance=provenance(m, target))
     print(md)
 
 

@@ -23,11 +23,19 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import (
+    NONE,
+    RESULTS,
+    Provenance,
+    device_name,
+    markdown_table,
+    real_weights,
+    write,
+)
 from engine.config import EngineConfig
 from engine.domain import ModelUnavailable
 from engine.encoders.base import ClipEncoder
-from engine.encoders.factory import create_clip_encoder
+from engine.encoders.factory import create_clip_encoder, resolve_device
 from engine.encoders.images import load_image
 from engine.evaluation import mean_metrics, metrics_from_ranks
 from indexers.datasets import stamps_dir, tuxpaint_items
@@ -94,7 +102,10 @@ def main() -> None:
           f"({settings.model}, {settings.pretrained}).\n\n{table}\n\nEncode rates: "
           f"{result['texts_per_s']:.0f} captions/s, {result['images_per_s']:.1f} images/s "
           f"(batch {args.batch_size}, device {config.device}).")
-    write("clip_retrieval", data, md)
+    made = Provenance(f"Tux Paint stamps, {len(rows)} image-caption pairs",
+                      {"CLIP": real_weights(encoder.name)}, NONE,
+                      device_name(resolve_device(config.device)))
+    write("clip_retrieval", data, md, provenance=made)
     plot(result)
     print(md)
 

@@ -53,12 +53,22 @@ from benchmarks.recommend.protocol import (
     protocol_split,
 )
 from benchmarks.recommend_quality import train_seed
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import (
+    NONE,
+    RESULTS,
+    Provenance,
+    device_name,
+    edge_store,
+    markdown_table,
+    real_weights,
+    write,
+)
 from engine.behaviour import BehaviourModel
 from engine.behaviour.cooccurrence import CooccurrenceModel
 from engine.behaviour.sequential import SequentialModel, SequentialSettings
 from engine.config import EngineConfig
 from engine.domain import BEHAVIOUR, COOCCURRENCE, ItemInput, ItemRecord, ModelUnavailable
+from engine.encoders import resolve_device
 from engine.recommend.offline import FusionSettings, OfflineFirstStage
 from engine.recommend.tuning import FusionGrid, FusionScorer, paired_z, tune_fusion
 from engine.runtime.engine import Engine
@@ -271,10 +281,30 @@ def main() -> None:
                                behaviour={"path": WORK / "no-model"}, rerank={"model": ""})
     started = time.perf_counter()
     results = {name: run_log(name, args, config) for name in args.logs}
-    report(results, args, time.perf_counter() - started)
+    report(results, args, time.perf_counter() - started, provenance(results, args, config))
 
 
-def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float) -> None:
+def provenance(results: dict[str, dict[str, Any]], args: argparse.Namespace,
+               config: EngineConfig) -> Provenance:
+    """The logs and their sizes; the content encoder (the config's) and the models fitted
+    here; no store but the engine check's; the device the encoder and SASRec ran on."""
+    data = "; ".join(f"{name}: {r['users']:,} users, {r['items']:,} films, {r['events']:,} "
+                     "interactions, leave-one-out by time, users halved at random "
+                     f"({args.splits} splits)" for name, r in results.items())
+    models = {"text encoder": real_weights(config.text_encoder.model) + ", content vectors",
+              "SASRec": real_weights(f"SASRec seed 0, at most {args.epochs} epochs, "
+                                     "early-stopped then refit (trained by this benchmark, "
+                                     "reused from its cache when present)"),
+              "co-occurrence": "embeddings fitted here on each stage's events",
+              "baselines": "popularity, recency-weighted item-kNN (fitted here)"}
+    checked = any("engine_check" in r for r in results.values())
+    store = (f"{NONE} (the engine's first stage replicated in numpy)"
+             + (f"; {edge_store()} for the engine check" if checked else ""))
+    return Provenance(data, models, store, device_name(resolve_device(config.device)))
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, seconds: float,
+           provenance: Provenance) -> None:
     """Markdown table (mean ± SE over transfers), JSON and a bar plot."""
     lines = [f"# Fusion tuned per catalog: does it transfer to other users?\n\n"
              f"Users halved at random ({args.splits} splits x 2 directions = "
@@ -300,7 +330,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace, seconds
                          f"{ {k: v for k, v in result['engine_check'].items() if k != 'users'} }\n")
     text = "\n".join(lines) + f"\nTotal {seconds / 60:.1f} min on this machine.\n"
     print(text)
-    write("fusion_transfer", {"results": results, "args": vars(args)}, text)
+    write("fusion_transfer", {"results": results, "args": vars(args)}, text,
+          provenance=provenance)
     plot(results)
 
 

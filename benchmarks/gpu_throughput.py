@@ -20,7 +20,15 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import (
+    NONE,
+    RESULTS,
+    Provenance,
+    device_name,
+    markdown_table,
+    real_weights,
+    write,
+)
 from benchmarks.rerank_throughput import lists, measure
 from engine.config import EngineConfig
 from engine.encoders.factory import create_text_encoder
@@ -32,8 +40,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def text_rates(config: EngineConfig, device: str, dtype: torch.dtype, texts: list[str]
-               ) -> dict[str, float]:
-    """Engine texts/s and raw-forward texts/s of the text encoder in ``dtype``."""
+               ) -> dict[str, Any]:
+    """Engine texts/s and raw-forward texts/s of the text encoder in ``dtype``, and the
+    encoder's name (for the provenance)."""
     encoder: Any = create_text_encoder(config.text_encoder, device)  # TransformersTextEncoder
     encoder._model.to(dtype)
     encoder.encode_documents(texts[: encoder.batch_size])  # warm-up
@@ -53,18 +62,19 @@ def text_rates(config: EngineConfig, device: str, dtype: torch.dtype, texts: lis
     _sync(device)
     raw_s = time.perf_counter() - started
     return {"engine_per_s": len(texts) / engine_s, "raw_per_s": len(texts) / raw_s,
-            "ratio": raw_s / engine_s}
+            "ratio": raw_s / engine_s, "model": encoder.name}
 
 
 def rerank_rates(config: EngineConfig, device: str, dtype: torch.dtype, n_lists: int
-                 ) -> dict[str, float]:
-    """The listwise scorer's warm candidates/s against its raw forward, in ``dtype``."""
+                 ) -> dict[str, Any]:
+    """The listwise scorer's warm candidates/s against its raw forward, in ``dtype``, and the
+    LLM's name (for the provenance)."""
     spec = RerankerSpec.from_settings(config.rerank, data_dir=config.store.data_dir,
                                       device=device)
     model, tokenizer, name = load_causal_lm(spec)
     reranker = ListwiseReranker(model.to(dtype), tokenizer, name=name)
     figures, _ = measure(reranker, lists(n_lists, 20, seed=0))
-    return figures
+    return {**figures, "model": name}
 
 
 def _sync(device: str) -> None:
@@ -102,7 +112,14 @@ def main() -> None:
           f"{markdown_table(['part', 'engine /s', 'raw forward /s', 'engine / raw'], rows)}\n\n"
           f"Text encoder {config.text_encoder.model} on {n_texts} MovieLens texts; re-ranker "
           f"{config.rerank.model} on {n_lists} lists of 20 (warm prefix).")
-    write("gpu_throughput", data, md)
+    casts = ", ".join(dtypes)
+    made = Provenance(
+        f"MovieLens-100k: {n_texts:,} film texts (of {len(films):,} films); {n_lists} users "
+        "(seed 0), each their latest 10 films and 20 unrated ones",
+        {"text encoder": real_weights(text[dtypes[0]]["model"]) + f", cast to {casts}",
+         "LLM re-ranker": real_weights(rerank[dtypes[0]]["model"]) + f", cast to {casts}"},
+        NONE, device_name(args.device))
+    write("gpu_throughput", data, md, provenance=made)
     plot(text, rerank)
     print(md)
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from benchmarks import report
 from benchmarks import synthetic_store as synth
 from benchmarks.report import RESULTS, markdown_table
 from engine.client import MmrecClient
@@ -172,6 +173,17 @@ def run_target(kind: str, config: EngineConfig, source: Path, rows: int, work: P
     return results
 
 
+def provenance(engine: Engine, what: str, rows: int, service: str | None) -> report.Provenance:
+    """The catalog, the driver's models (every actor loads the same config), the store (none
+    for encode-only; the service's own with ``--service``) and the device."""
+    store = "none (encode-only: the write is dropped)"
+    if service:
+        with MmrecClient(service, timeout=60) as client:
+            store += f"; with --service, the service's {report.store_name(client.info().store)}"
+    return report.Provenance(f"{what}: {rows:,} rows", report.engine_models(engine.info()),
+                             store, report.device_name(engine.device))
+
+
 def markdown(rows: list[dict[str, Any]], what: str, speedups: dict[str, float]) -> str:
     """The results page."""
     table = markdown_table(
@@ -226,6 +238,7 @@ def run(out_dir: Path = RESULTS, quick: bool = False, *, rows: int | None = None
         engine = Engine.from_config(_with_data_dir(config, work / "driver"),
                                     load_reranker=False)
         try:
+            made = provenance(engine, what, rows, service)
             engine.text.encode_documents(["warm-up"] * BATCH_SIZE)
             targets = [("encode-only", None)] + ([("service", service)] if service else [])
             for kind, address in targets:
@@ -238,7 +251,8 @@ def run(out_dir: Path = RESULTS, quick: bool = False, *, rows: int | None = None
         by_run = {r["run"]: r["items_per_s_after_start"] for r in results if r["target"] == kind}
         speedups[kind] = by_run["ray-2"] / by_run["ray-1"] if by_run["ray-1"] else 0.0
     data = {"rows": results, "catalog": what, "speedup_2_over_1": speedups, "quick": quick}
-    synth.save(out_dir, "indexing_ray", data, markdown(results, what, speedups))
+    synth.save(out_dir, "indexing_ray", data, markdown(results, what, speedups),
+               provenance=made)
     plot(results, out_dir / "indexing_ray.png")
     print(markdown(results, what, speedups))
     return data

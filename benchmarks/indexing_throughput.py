@@ -28,7 +28,15 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import (
+    RESULTS,
+    Provenance,
+    device_name,
+    edge_store,
+    engine_models,
+    markdown_table,
+    write,
+)
 from engine.config import EngineConfig
 from engine.encoders.images import load_image
 from engine.runtime.engine import Engine
@@ -117,12 +125,15 @@ def main() -> None:
     parser.add_argument("--group-batches", type=int, default=JobOptions.group_batches)
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
+    models: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         catalogs = load_catalogs(args.films, args.stamps, Path(tmp))
         for run, (name, catalog) in enumerate(catalogs.items()):
             clip = "image" in name
             engine = engine_for(clip, args.batch_size, Path(tmp) / f"warm{run}")
             items = sum(1 for _ in open_source(catalog).rows())
+            # the text-only catalog's engine has CLIP off; the image catalog's says its weights
+            models.update({r: m for r, m in engine_models(engine.info()).items() if m != "off"})
             raw_seconds(engine, catalog)  # warm-up: first batches pay one-off costs
             raws, streams, totals, rates = [], [], [], []
             for repeat in range(args.repeats):
@@ -149,10 +160,11 @@ def main() -> None:
                 "repeats": {"raw_s": raws, "pipeline_s": streams, "with_build_s": totals},
             })
             engine.close()
-    report(results)
+    data = "; ".join(f"{r['catalog']}: {r['items']:,} items" for r in results)
+    report(results, Provenance(data, models, edge_store(), device_name(results[0]["device"])))
 
 
-def report(results: list[dict[str, Any]]) -> None:
+def report(results: list[dict[str, Any]], provenance: Provenance) -> None:
     """Print the table, save JSON/Markdown and the plot."""
     headers = ["catalog", "items", "models", "raw items/s", "pipeline items/s", "ratio",
                "ratio incl. HNSW build"]
@@ -165,7 +177,7 @@ def report(results: list[dict[str, Any]]) -> None:
             f"{len(results[0]['repeats']['raw_s'])} alternating repeats. Target: ratio >= 0.9.\n\n"
             f"{table}\n")
     print(text)
-    write("indexing_throughput", {"results": results}, text)
+    write("indexing_throughput", {"results": results}, text, provenance=provenance)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [r["catalog"] for r in results]
     xs = range(len(labels))

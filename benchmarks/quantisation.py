@@ -127,7 +127,8 @@ def run(out_dir: Path = RESULTS, quick: bool = False, *, size: int | None = None
                   "RSS/item", flush=True)
     compare(rows)
     data = {"rows": rows, "targets": {"memory_ratio": MEMORY_TARGET, "recall": RECALL_TARGET}}
-    synth.save(out_dir, "quantisation", data, markdown(rows))
+    synth.save(out_dir, "quantisation", data, markdown(rows),
+               provenance=synth.store_provenance({"single": [size]}))
     plot(rows, out_dir / "quantisation.png")
     return data
 

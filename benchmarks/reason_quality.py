@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from benchmarks.recommend.engine_runs import EngineHarness
 from benchmarks.recommend.protocol import load_movielens, protocol_split
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import RESULTS, device_name, from_engine, markdown_table, real_weights, write
 from engine.domain import DEFAULT_TENANT, RecommendRequest
 from engine.rerank.facts import facts_of
 from engine.rerank.faithfulness import (
@@ -165,6 +165,11 @@ def plot(summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     fig.savefig(RESULTS / "reason_quality.png", dpi=120)
 
 
+def _devices(llm: str, engine: str) -> str:
+    """One device, or the LLM's and the engine's when they differ."""
+    return llm if llm == engine else f"{llm} (the LLM); {engine} (the engine)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100)
@@ -180,8 +185,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     split = protocol_split(load_movielens())
-    model, tokenizer, name = load_causal_lm(RerankerSpec(
-        model=args.model, cache_dir=default_cache_dir(WORK, args.model)))
+    spec = RerankerSpec(model=args.model, cache_dir=default_cache_dir(WORK, args.model))
+    model, tokenizer, name = load_causal_lm(spec)
     writer = ReasonWriter(model, tokenizer)
     harness = EngineHarness(split, WORK / "engine", load_reranker=False)
     try:
@@ -192,6 +197,7 @@ def main() -> None:
         load = {"before": [round(x, 1) for x in os.getloadavg()]}
         rows = measure(harness, writer, users, args.top_k)
         load["after"] = [round(x, 1) for x in os.getloadavg()]
+        info = harness.engine.info()
     finally:
         harness.close()
     summary = summarise(rows)
@@ -202,7 +208,11 @@ def main() -> None:
                                           "min_distinct_2": MIN_DISTINCT_2},
                              "load_average": load, "summary": summary,
                              "rejections": dict(Counter(r["rejected"] for r in rows)),
-                             "examples": samples, "rows": rows}, text)
+                             "examples": samples, "rows": rows}, text,
+          provenance=from_engine(
+              info, f"{split.describe()}, test stage; {len(users)} users (seed {args.seed}) x "
+              f"top {args.top_k}", {"reason writer LLM": real_weights(f"{name}, greedy")},
+              device=_devices(device_name(spec.device), device_name(info.device))))
     plot(summary, rows)
 
 

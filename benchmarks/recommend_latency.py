@@ -32,7 +32,7 @@ import numpy as np
 
 from benchmarks.recommend.engine_runs import EngineHarness, item_id
 from benchmarks.recommend.protocol import load_movielens, protocol_split
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import RESULTS, Provenance, from_engine, markdown_table, write
 from engine.behaviour.sequential import SequentialSettings, train_sequential
 from engine.client import MmrecClient
 from engine.domain import DEFAULT_TENANT, Event, HybridQuery, ItemFilter, RecommendRequest
@@ -72,8 +72,9 @@ def main() -> None:
     harness = EngineHarness(split, WORK, load_reranker=args.rerank_requests > 0)
     harness.advance_to_test()
     ids = [item_id(raw) for raw in split.data.item_ids]
-    model = train_sequential([[ids[i] for i in h] for h in split.history("test")],
-                             SequentialSettings(epochs=3, batch_size=64), progress=True)
+    settings = SequentialSettings(epochs=3, batch_size=64)
+    model = train_sequential([[ids[i] for i in h] for h in split.history("test")], settings,
+                             progress=True)
     harness.use_model(model)
     engine = harness.engine
     loop = asyncio.new_event_loop()
@@ -113,12 +114,16 @@ def main() -> None:
             event_ms.append((time.perf_counter() - started) * 1000)
             changed += after[:9] != before[1:10]   # more moved than the purchased item leaving
     asyncio.run_coroutine_threadsafe(running.stop(1), loop).result(30)
+    made = from_engine(engine.info(), f"{split.describe()}, test-stage histories", {
+        "SASRec": f"SASRec trained here for {settings.epochs} epochs (real weights, barely "
+                  "trained: its cost at request time does not depend on it)"})
     harness.close()
-    report(plain, raw, reranked, scored, event_ms, changed)
+    report(plain, raw, reranked, scored, event_ms, changed, made)
 
 
 def report(plain: list[float], raw: list[float], reranked: dict[int, list[float]],
-           scored: dict[int, list[int]], event_ms: list[float], changed: int) -> None:
+           scored: dict[int, list[int]], event_ms: list[float], changed: int,
+           provenance: Provenance) -> None:
     """Print and save the table, JSON and a latency histogram."""
     rows = [["Recommend, no re-rank (gRPC)", *percentiles(plain), len(plain)],
             ["raw parts (profile + encoders + one Qdrant query)", *percentiles(raw), len(raw)],
@@ -141,7 +146,7 @@ def report(plain: list[float], raw: list[float], reranked: dict[int, list[float]
                             "event_trials": len(event_ms),
                             "reranked_per_budget": {b: float(np.mean(v)) if v else 0.0
                                                     for b, v in scored.items()}}
-    write("recommend_latency", data, text)
+    write("recommend_latency", data, text, provenance=provenance)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.hist(plain, bins=40, alpha=0.7, label="Recommend")
     ax.hist(raw, bins=40, alpha=0.7, label="raw parts")

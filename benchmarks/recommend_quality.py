@@ -39,7 +39,7 @@ from benchmarks.recommend.protocol import (
     protocol_split,
     summarize,
 )
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import RESULTS, Provenance, from_engine, markdown_table, real_weights, write
 from engine.behaviour.sequential import SequentialModel, SequentialSettings, train_sequential
 from engine.domain import Fusion
 from engine.evaluation import mean_metrics
@@ -164,13 +164,24 @@ def main() -> None:
                                             rerank=True, label=f"LLM seed {seed}")
                 rows.setdefault(f"mmrec hybrid + LLM re-rank, {len(llm_users)} users",
                                 []).append(subset_metrics(reranked, llm_users, split))
+        made = provenance(harness, split, args)
     finally:
         harness.close()
-    report(rows, notes, split, args, time.perf_counter() - started)
+    report(rows, notes, split, args, time.perf_counter() - started, made)
+
+
+def provenance(harness: EngineHarness, split: Split, args: argparse.Namespace) -> Provenance:
+    """The split, the engine's models (text encoder, CLIP off, the LLM when loaded) and the
+    models fitted here, every row's; the engine's store and device."""
+    fitted = {"SASRec": real_weights(f"SASRec trained here per seed {args.seeds} (early-stopped "
+                                     "on validation, then refit)"),
+              "co-occurrence": "embeddings fitted here on each stage's events",
+              "baselines": "popularity, recency-weighted item-kNN, EASE (fitted here)"}
+    return from_engine(harness.engine.info(), split.describe() + ", test stage", fitted)
 
 
 def report(rows: dict[str, list[dict[str, float]]], notes: dict[str, Any], split: Split,
-           args: argparse.Namespace, seconds: float) -> None:
+           args: argparse.Namespace, seconds: float, provenance: Provenance) -> None:
     """Table (mean ± SE), JSON, Markdown and a bar plot."""
     summary = {label: summarize(runs) if len(runs) > 1 else
                {k: (v, 0.0) for k, v in runs[0].items()} for label, runs in rows.items()}
@@ -185,7 +196,8 @@ def report(rows: dict[str, list[dict[str, float]]], notes: dict[str, Any], split
             f"chosen on validation: {notes}.\n\n{table}\n\nTotal {seconds / 60:.1f} min on "
             f"this machine.\n")
     print(text)
-    write("recommend_quality", {"rows": rows, "summary": summary, "notes": notes}, text)
+    write("recommend_quality", {"rows": rows, "summary": summary, "notes": notes}, text,
+          provenance=provenance)
     plot(summary)
 
 

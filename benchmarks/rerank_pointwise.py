@@ -22,7 +22,15 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import (
+    NONE,
+    RESULTS,
+    Provenance,
+    device_name,
+    markdown_table,
+    real_weights,
+    write,
+)
 from engine.config import EngineConfig
 from engine.domain import ModelUnavailable
 from engine.encoders import resolve_device
@@ -92,7 +100,12 @@ def main() -> None:
             f"{len(rows)} queries; model load "
             f"{load_s:.1f} s. Target: score >= 0.8 of the raw forward rate.\n\n{table}\n")
     print(text)
-    write("rerank_pointwise", {"per_query": rows, "medians": med, "load_seconds": load_s}, text)
+    made = Provenance(f"{len(rows)} queries x {args.candidates} distinct candidates from "
+                      "MovieLens-100k film texts and Tux Paint stamp captions",
+                      {"LLM re-ranker": real_weights(reranker.name) + ", zero-shot pointwise"},
+                      NONE, device_name(device))
+    write("rerank_pointwise", {"per_query": rows, "medians": med, "load_seconds": load_s}, text,
+          provenance=made)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(["raw forward", "score (cold)", "score (warm)"],
            [med["raw_per_s"], med["cold_per_s"], med["warm_per_s"]])

@@ -41,14 +41,22 @@ from tqdm import tqdm
 
 from benchmarks.recommend.engine_runs import item_id
 from benchmarks.recommend.protocol import load_movielens, protocol_split
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import (
+    NONE,
+    RESULTS,
+    Provenance,
+    device_name,
+    markdown_table,
+    real_weights,
+    write,
+)
 from benchmarks.rerank_throughput import measure
 from engine.behaviour import BehaviourModel
 from engine.behaviour.cooccurrence import CooccurrenceModel
 from engine.behaviour.sequential import SequentialSettings, train_sequential
 from engine.config import EngineConfig
 from engine.domain import BEHAVIOUR, COOCCURRENCE, ItemRecord
-from engine.encoders import create_text_encoder
+from engine.encoders import create_text_encoder, resolve_device
 from engine.recommend.offline import FusionSettings, OfflineFirstStage
 from engine.rerank.listwise import ListwiseReranker
 from engine.rerank.loading import RerankerSpec, load_causal_lm
@@ -150,7 +158,8 @@ def main() -> None:
                             "recall20_first_stage": float(np.mean(
                                 [e.target in e.candidates for e in test])),
                             "valid_lists_scored": sum(e.target in e.candidates for e in valid)}
-    write(args.name, data, f"# partial: {data['phase']}")
+    write(args.name, data, f"# partial: {data['phase']}",
+          provenance=provenance(args, config, records, data))
     spec = RerankerSpec.from_settings(config.rerank, data_dir=config.store.data_dir,
                                       device=config.device)
     base, tokenizer, name = load_causal_lm(spec)
@@ -167,7 +176,8 @@ def main() -> None:
         run.examples_per_second, "curve": run.curve, "best_step": run.best_step,
         "loss_first_50": float(np.nanmean(run.losses[:50])),
         "loss_last_50": float(np.nanmean(run.losses[-50:]))})
-    write(args.name, data, f"# partial: {data['phase']}")
+    write(args.name, data, f"# partial: {data['phase']}",
+          provenance=provenance(args, config, records, data))
     valid_scores = score_lists(reranker, records, valid, skip_missing=True)
     blend, trials = choose_blend(valid, valid_scores)
     prior = position_prior([row for row in valid_scores if row])
@@ -183,7 +193,8 @@ def main() -> None:
     table["hybrid + trained LLM alone, slot prior removed (w=1)"] = \
         blended_ndcg(test, calibrated, Blend(1.0))
     data.update(phase="scored", ndcg10=table)
-    write(args.name, data, f"# partial: {data['phase']}")
+    write(args.name, data, f"# partial: {data['phase']}",
+          provenance=provenance(args, config, records, data))
     informative = [e for e in valid if e.target in e.candidates][:50]
     data.update(bias_check(reranker, records, informative, blend))
     data["latency"] = latency(reranker, records, test[:30])
@@ -191,8 +202,29 @@ def main() -> None:
     data.update(phase="done", total_minutes=(time.monotonic() - started) / 60)
     plot(run.curve, trials[0.0], args.name)
     md = report(data)
-    write(args.name, data, md)
+    write(args.name, data, md, provenance=provenance(args, config, records, data))
     print(md)
+
+
+def provenance(args: argparse.Namespace, config: EngineConfig, records: dict[str, ItemRecord],
+               data: dict[str, Any]) -> Provenance:
+    """The split and its lists, the models fitted and trained here (the LLM once loaded:
+    ``data["model"]``), no store (the first stage is the offline replica), the devices."""
+    llm = (real_weights(f"{data['model']} + LoRA adapter trained here (seed {args.seed}, "
+                        f"{args.steps} examples)") + "; the zero-shot row: the base model"
+           if "model" in data else f"{config.rerank.model}, not loaded yet")
+    models = {"text encoder": real_weights(config.text_encoder.model) + ", content vectors",
+              "SASRec": real_weights(f"SASRec trained here, {args.sasrec_epochs} epochs "
+                                     "(shadow and refitted first stages)"),
+              "co-occurrence": "embeddings fitted here on the same logs",
+              "LLM re-ranker": llm}
+    split = (f"MovieLens-100k ({len(records):,} films), leave-one-out by time: "
+             f"{data['test_users']:,} test users' first-stage top {K}, {args.valid} validation "
+             f"and {args.steps} training lists (seed {args.seed})")
+    llm_device = device_name(resolve_device(config.device))
+    return Provenance(split, models, f"{NONE} (the recommend first stage replicated offline)",
+                      llm_device if llm_device == "cpu" else
+                      f"{llm_device} (the LLM); cpu (the text encoder and SASRec)")
 
 
 def lists(args: argparse.Namespace, config: EngineConfig, records: dict[str, ItemRecord]

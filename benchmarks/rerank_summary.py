@@ -25,7 +25,15 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from benchmarks.report import COMMITTED, RESULTS, markdown_table, write
+from benchmarks.report import (
+    COMMITTED,
+    NONE,
+    RESULTS,
+    Provenance,
+    markdown_table,
+    real_weights,
+    write,
+)
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -67,6 +75,34 @@ def group(run: dict[str, Any]) -> str:
     return f"{run['model']} (lr {recipe['learning_rate']:g}, batch {recipe['batch_size']})"
 
 
+def run_device(run: dict[str, Any]) -> str:
+    """Where a run measured: its provenance's device; before runs recorded one, the CPU
+    when the machine had no CUDA (else unknown)."""
+    if "provenance" in run:
+        return str(run["provenance"]["device"])
+    cuda = run["machine"].get("cuda")
+    return "cpu" if cuda is None else f"unknown (CUDA {cuda} present)"
+
+
+def provenance(by_model: dict[str, list[dict[str, Any]]], names: list[str]) -> Provenance:
+    """The runs read and their test users; every model group's LLM (and the other models the
+    runs record, once they do); no store; the devices the runs measured on."""
+    runs = [r for rs in by_model.values() for r in rs]
+    users = sorted({r["test_users"] for r in runs})
+    models: dict[str, str] = {}
+    for run in runs:  # the first stage's models; the LLMs are listed per group below
+        models.update({role: text for role, text in run.get("provenance", {}).get(
+            "models", {}).items() if not role.startswith("LLM")})
+    for label, group in by_model.items():
+        seeds = [r["args"]["seed"] for r in group]
+        models[f"LLM re-ranker {label}"] = real_weights(
+            f"the base model + a LoRA adapter trained in each run, seeds {seeds}")
+    return Provenance(f"MovieLens-100k test, {'/'.join(map(str, users))} users; the finished "
+                      f"runs {', '.join(names)}", models,
+                      f"{NONE} (reads the runs; their first stage is the offline replica)",
+                      ", ".join(sorted({run_device(r) for r in runs})))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="rerank_quality_*")
@@ -74,12 +110,14 @@ def main() -> None:
                         help="where the runs are (default: the committed benchmarks/results)")
     args = parser.parse_args()
     by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    names: list[str] = []
     for path in sorted(args.runs_dir.glob(f"{args.runs}.json")):
         run = json.loads(path.read_text())
         if run.get("phase", "done") != "done":
             print(f"{path.name}: left out, the run stopped after phase {run['phase']!r}")
             continue
         by_model[group(run)].append(run)
+        names.append(path.stem)
     if not by_model:
         raise SystemExit(f"no runs matching {args.runs}.json in {args.runs_dir}; run python -m "
                          "benchmarks.rerank_quality --name rerank_quality_<model>_s<seed>")
@@ -100,7 +138,7 @@ def main() -> None:
           "and a blended gain over the hybrid above two standard errors. Per run: "
           "`benchmarks/results/rerank_quality_<model>_s<seed>.md`. The target was "
           "blend / hybrid >= 1.07.")
-    write("rerank_summary", {"models": summary}, md)
+    write("rerank_summary", {"models": summary}, md, provenance=provenance(by_model, names))
     plot(summary)
     print(md)
 

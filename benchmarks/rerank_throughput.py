@@ -33,7 +33,15 @@ import torch
 
 from benchmarks.recommend.engine_runs import item_id
 from benchmarks.recommend.protocol import load_movielens
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import (
+    NONE,
+    RESULTS,
+    Provenance,
+    device_name,
+    markdown_table,
+    real_weights,
+    write,
+)
 from engine.config import EngineConfig
 from engine.domain import ItemRecord
 from engine.rerank.listwise import ListwiseReranker
@@ -106,8 +114,15 @@ def main() -> None:
     agreement = ranking_agreement(scores["fp32"], scores["int8"])
     speedup = rows["fp32"]["warm_p50_ms"] / rows["int8"]["warm_p50_ms"]
     md = report(name, args, rows, agreement, speedup)
+    made = Provenance(f"MovieLens-100k: {args.lists} users (seed {args.seed}), each their "
+                      f"latest 10 films and {args.candidates} unrated ones",
+                      {"LLM re-ranker": real_weights(name) + ", the base model (no trained "
+                       "adapter), fp32 and int8 (dynamic quantisation of the same weights)"},
+                      NONE,
+                      device_name(spec.device))
     write("rerank_throughput", {"model": name, "args": vars(args), "rows": rows,
-                                "int8_agreement": agreement, "int8_speedup_warm": speedup}, md)
+                                "int8_agreement": agreement, "int8_speedup_warm": speedup}, md,
+          provenance=made)
     plot(name, rows)
     print(md)
 

@@ -31,13 +31,14 @@ import argparse
 import time
 import zlib
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import RESULTS, Provenance, from_engine, markdown_table, write
 from engine.config import EngineConfig
 from engine.domain import SearchRequest
 from engine.evaluation import evaluate_qrels, evaluate_qrels_per_query, ranking_to_run
@@ -127,6 +128,12 @@ def main() -> None:
                 reranked[label] = sum(r.reranked for r in results.values()) / len(results)
         if engine.clip is None:
             print("caption-to-image retrieval skipped: CLIP weights are not on this machine")
+        made = from_engine(engine.info(), f"Tux Paint stamps: {len(rows):,} captions indexed, "
+                           f"{len(queries)} folder-name queries (the stamps under a folder "
+                           "are its relevant items)")
+        if LLM_ROW not in orders:  # loaded but no row used it (--no-llm)
+            made = replace(made, models={role: text for role, text in made.models.items()
+                                         if role != "LLM re-ranker"})
     finally:
         engine.close()
     blend = None
@@ -137,7 +144,7 @@ def main() -> None:
               "--budget-ms")
     elif LLM_ROW in orders:
         blend = choose_search_blend(qrels, orders)
-    report(queries, qrels, runs, seconds, reranked, blend)
+    report(queries, qrels, runs, seconds, reranked, blend, made)
 
 
 def is_validation(query_id: str) -> bool:
@@ -179,7 +186,8 @@ def per_query_ndcg(qrels: dict, run: dict) -> dict[str, float]:
 
 
 def report(queries: dict[str, str], qrels: dict, runs: dict, seconds: dict,
-           reranked: dict[str, float], blend: dict[str, Any] | None) -> None:
+           reranked: dict[str, float], blend: dict[str, Any] | None,
+           provenance: Provenance) -> None:
     """Table, helped/hurt analysis of the re-ranker, JSON/Markdown/PNG."""
     scores = {label: evaluate_qrels(qrels, run, (10, 20)) for label, run in runs.items()}
     table = markdown_table(
@@ -216,7 +224,7 @@ def report(queries: dict[str, str], qrels: dict, runs: dict, seconds: dict,
                  f"{', '.join(f'{queries[q]} ({delta[q]:.2f})' for q in hurt[:6])}.\n")
         data["rerank_delta_ndcg10"] = delta
     print(text)
-    write("retrieval_quality", data, text)
+    write("retrieval_quality", data, text, provenance=provenance)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     labels = list(scores)
     xs = range(len(labels))

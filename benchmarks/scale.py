@@ -150,7 +150,9 @@ def run(out_dir: Path = RESULTS, quick: bool = False, *, sizes: list[int] | None
     fits = {layout: fit(rows) for layout, rows in by_layout.items()}
     rows = [r for rs in by_layout.values() for r in rs]
     data = {"rows": rows, "fits": fits}
-    synth.save(out_dir, "scale", data, markdown(rows, fits))
+    measured = {layout: [r["size"] for r in rs] for layout, rs in by_layout.items()}
+    synth.save(out_dir, "scale", data, markdown(rows, fits),
+               provenance=synth.store_provenance(measured))
     plot(by_layout, fits, out_dir / "scale.png")
     return data
 

@@ -26,10 +26,25 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import (
+    RESULTS,
+    Provenance,
+    device_name,
+    engine_models,
+    markdown_table,
+    store_name,
+    write,
+)
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.domain import HybridQuery, ItemRecord, ModelUnavailable, SearchRequest, StoredItem
+from engine.domain import (
+    EngineInfo,
+    HybridQuery,
+    ItemRecord,
+    ModelUnavailable,
+    SearchRequest,
+    StoredItem,
+)
 from engine.rerank import default_cache_dir
 from engine.rerank.registry import resolve_model
 from engine.runtime.engine import Engine
@@ -94,7 +109,8 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
-def measure(size: int, queries: int, rerank_queries: int) -> dict[str, Any]:
+def measure(size: int, queries: int, rerank_queries: int) -> tuple[dict[str, Any], EngineInfo]:
+    """One size's row, and what its engine loaded (for the provenance)."""
     settings = EngineConfig().rerank
     try:  # a packaged model's file (per-user cache); its converted copy is shared under WORK
         gguf = resolve_model(settings.model, data_dir=WORK, models_dir=settings.models_path())
@@ -138,6 +154,7 @@ def measure(size: int, queries: int, rerank_queries: int) -> dict[str, Any]:
                 client.search(text=q, top_k=10, rerank=True)
                 reranked.append((time.perf_counter() - started) * 1000)
     asyncio.run_coroutine_threadsafe(running.stop(1), loop).result(30)
+    info = engine.info()
     engine.close()
     s50, s95 = percentiles(service)
     r50, r95 = percentiles(raw)
@@ -149,7 +166,22 @@ def measure(size: int, queries: int, rerank_queries: int) -> dict[str, Any]:
         out["rerank_queries"] = len(reranked)
         out["rerank_budget_ms"] = config.rerank.budget_ms
     print(out, flush=True)
-    return out
+    return out, info
+
+
+def provenance(results: list[dict[str, Any]], infos: list[EngineInfo]) -> Provenance:
+    """Synthetic items (random text vectors, real BM25 of titles), the engines' models (the
+    text encoder encodes the queries only), store and device."""
+    models: dict[str, str] = {}
+    for info in infos:
+        models.update(engine_models(info))
+    if "text encoder" in models:
+        models["text encoder"] += ", queries only (the items' text vectors are random draws)"
+    sizes = ", ".join(f"{r['items']:,}" for r in results)
+    data = (f"synthetic items at {sizes} items: random unit text vectors and BM25 vectors of "
+            f"titles drawn from MovieLens-100k and Tux Paint words; {results[0]['queries']} "
+            "queries")
+    return Provenance(data, models, store_name(infos[0].store), device_name(infos[0].device))
 
 
 def main() -> None:
@@ -158,7 +190,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--rerank-queries", type=int, default=10)
     args = parser.parse_args()
-    results = [measure(size, args.queries, args.rerank_queries) for size in args.sizes]
+    measured = [measure(size, args.queries, args.rerank_queries) for size in args.sizes]
+    results, infos = [r for r, _ in measured], [i for _, i in measured]
     table = markdown_table(
         ["items", "service p50 ms", "service p95 ms", "raw parts p50 ms", "service / raw",
          "+ re-rank p50 ms", "+ re-rank p95 ms"],
@@ -172,7 +205,7 @@ def main() -> None:
             "<= 1.3. Re-rank: SmolLM2-135M over the top 20 within the default budget.\n\n"
             f"{table}\n")
     print(text)
-    write("search_latency", {"results": results}, text)
+    write("search_latency", {"results": results}, text, provenance=provenance(results, infos))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = [f"{r['items']:,}" for r in results]
     xs = np.arange(len(results))

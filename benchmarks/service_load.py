@@ -32,14 +32,14 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.report import RESULTS, markdown_table, write
+from benchmarks.report import RESULTS, from_engine, markdown_table, write
 from benchmarks.soak.data import SoakData, load_data
 from benchmarks.soak.load import FREE_QUERIES, Stream, all_calls, run_streams
 from benchmarks.soak.run import setup_seconds, setup_server
 from benchmarks.soak.server import start_server, write_config
 from engine.client import MmrecClient
 from engine.config import EngineConfig
-from engine.domain import HybridQuery, RecommendRequest, SearchRequest
+from engine.domain import EngineInfo, HybridQuery, RecommendRequest, SearchRequest
 from engine.runtime.engine import Engine
 from engine.store import EdgeStore
 
@@ -137,6 +137,7 @@ def main() -> None:
             setup_server(server, data)
             with MmrecClient(server.target, timeout=60) as client:
                 client.search(text="warm up", top_k=10)
+                info = client.info()  # what the server loaded, for the provenance
             rows = []
             for rpc in RPCS:
                 for clients in args.levels:
@@ -148,12 +149,13 @@ def main() -> None:
             server.stop()
         config = EngineConfig.load(config_path, store={"data_dir": folder / "data"})
         raw = raw_parts(config, data, 20 if args.quick else 60)
-    report(rows, raw, data, seconds, args)
+    report(rows, raw, data, seconds, args, info)
 
 
 def report(rows: list[dict[str, Any]], raw: dict[str, float], data: SoakData, seconds: float,
-           args: argparse.Namespace) -> None:
-    """JSON, Markdown and the QPS/latency plot."""
+           args: argparse.Namespace, info: EngineInfo) -> None:
+    """JSON, Markdown and the QPS/latency plot; ``info`` is the server's (its models, store
+    and device; the raw parts ran in this process on the same config and data dir)."""
     search = [r for r in rows if r["rpc"] == "Search"]
     single = next((r for r in search if r["clients"] == 1), search[0])
     best = max(search, key=lambda r: r["qps"])
@@ -179,7 +181,8 @@ def report(rows: list[dict[str, Any]], raw: dict[str, float], data: SoakData, se
           f"{ratios['saturation_qps_over_raw_batched_qps']:.2f} x the raw batched rate.")
     write("service_load", {"rows": rows, "raw_parts": raw, "ratios": ratios,
                            "films": len(data.films), "seconds_per_level": seconds,
-                           "text_model": args.text_model}, md)
+                           "text_model": args.text_model}, md,
+          provenance=from_engine(info, data.describe()))
     plot(rows)
     print(md)
 

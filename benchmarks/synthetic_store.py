@@ -17,7 +17,6 @@ Two item layouts:
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -168,7 +167,7 @@ def provenance(layout: Layout, size: int, seed: int = SEED) -> dict[str, Any]:
         "data": {"kind": "synthetic Gaussian mixture, unit vectors", "layout": layout,
                  "size": size, "dim": DIM if layout == "single" else DIM + TEXT_DIM,
                  "seed": seed, "clusters": CLUSTERS, "spread": SPREAD},
-        "store": f"EdgeStore (engine.store), qdrant-edge-py {metadata.version('qdrant-edge-py')}",
+        "store": report.edge_store(),
         "versions": {"numpy": np.__version__, "qdrant-edge-py": metadata.version(
             "qdrant-edge-py")},
         "commit": report.commit(),
@@ -176,12 +175,26 @@ def provenance(layout: Layout, size: int, seed: int = SEED) -> dict[str, Any]:
     }
 
 
-def save(out_dir: Path, name: str, data: dict[str, Any], markdown: str) -> Path:
-    """Write ``name``.json (with the machine) and ``name``.md into ``out_dir``; the caller
-    saves ``name``.png there. Returns the JSON path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.json"
-    path.write_text(json.dumps({"machine": report.machine(), **data}, indent=2) + "\n")
-    (out_dir / f"{name}.md").write_text(
-        markdown.rstrip() + f"\n\nMeasured at commit {report.commit()}.\n")
-    return path
+LAYOUTS: dict[str, str] = {
+    "single": f"one {DIM}-d vector",
+    "fused": f"fused {DIM + TEXT_DIM}-d + clip {DIM} + text {TEXT_DIM} + BM25 sparse + payload",
+}
+"""Each layout in words, for the provenance line."""
+
+
+def store_provenance(sizes: dict[str, list[int]], seed: int = SEED) -> report.Provenance:
+    """The provenance of a store suite's file: synthetic vectors of each layout at its sizes,
+    no model (the vectors are drawn, not encoded), the EdgeStore, on the CPU."""
+    parts = [f"{layout} layout ({LAYOUTS[layout]}) at {', '.join(f'{n:,}' for n in counts)} "
+             "items" for layout, counts in sizes.items() if counts]
+    data = (f"synthetic Gaussian-mixture unit vectors (seed {seed}, {CLUSTERS} clusters), "
+            + "; ".join(parts))
+    return report.Provenance(data, {}, report.edge_store(), "cpu")
+
+
+def save(out_dir: Path, name: str, data: dict[str, Any], markdown: str, *,
+         provenance: report.Provenance) -> Path:
+    """Write ``name``.json (with the machine and ``provenance``) and ``name``.md into
+    ``out_dir``; the caller saves ``name``.png there. Returns the JSON path."""
+    json_path, _ = report.write(name, data, markdown, provenance=provenance, out=out_dir)
+    return json_path

@@ -76,6 +76,10 @@ def test_run_skips_runs_and_reports_a_failure_without_stopping(tmp_path: Path) -
     assert "| skipped | skipped |" in report and "no widget here" in report
     assert "no_such_benchmark: exit 1" in report
     assert "## broken: Trained listwise re-ranker" in report
+    made = step["outputs"]["rerank_summary"]["provenance"]  # what produced the step's rows
+    assert made["data"].startswith("MovieLens-100k test") and made["models"]
+    assert made["store"].startswith("none") and made["device"]
+    assert "Data: MovieLens-100k test" in report  # the step's provenance line, in results.md
     assert "![" in report and (tmp_path / "rerank_summary.png").stat().st_size > 0
 
 

@@ -159,6 +159,11 @@ class Split:
             raise ValueError(f"stage must be 'valid' or 'test', not {stage!r}")
         return self.valid if stage == "valid" else self.test
 
+    def describe(self, log: str = "MovieLens-100k") -> str:
+        """The data set and its size in words, for a result's provenance."""
+        return (f"{log}, {self.n_users:,} users, {self.n_items:,} films, "
+                f"{self.data.n_events:,} interactions, leave-one-out by time")
+
 
 def protocol_split(data: Interactions) -> Split:
     """Last interaction = test, second to last = validation, the rest = training.

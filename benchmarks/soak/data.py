@@ -38,6 +38,12 @@ class SoakData:
         """The users, in a fixed order."""
         return sorted(self.ratings)
 
+    def describe(self) -> str:
+        """The data in words, for a result's provenance."""
+        return (f"MovieLens-100k: {len(self.films):,} films, {len(self.ratings):,} users "
+                f"(their first {SEED_EVENTS} ratings recorded at setup, the rest replayed "
+                "as live events)")
+
 
 def load_data(datasets: Path = DATASETS, *, items: int = 0, users: int = 0) -> SoakData:
     """The first ``items`` films (0: all 1,682) and the ratings of the first ``users``

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import RESULTS, commit, machine, markdown_table, write
+from benchmarks.report import Provenance, markdown_table, write
 from benchmarks.soak.stats import GROWTH_MIB, RpcSummary, RssTrend
 
 NAME = "soak"
 
 
-def save(out: Path, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """``soak.json`` and ``soak.md`` in ``out``: through ``report.write`` for the results
-    folder; elsewhere (a test's temp dir) the same two files, stamped the same way, since
-    ``write`` has no folder argument."""
-    if out.resolve() == RESULTS.resolve():
-        return write(NAME, data, markdown)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / f"{NAME}.json", out / f"{NAME}.md"
-    json_path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
-    md_path.write_text(markdown.rstrip() + f"\n\nMeasured at commit {commit()}.\n")
-    return json_path, md_path
+def save(out: Path, data: dict[str, Any], markdown: str, *, provenance: Provenance
+         ) -> tuple[Path, Path]:
+    """``soak.json`` and ``soak.md`` in ``out``, stamped by ``report.write`` (the machine,
+    ``provenance`` and the commit)."""
+    return write(NAME, data, markdown, provenance=provenance, out=out)
 
 
 def markdown(data: dict[str, Any], rpcs: list[RpcSummary], trend: RssTrend) -> str:

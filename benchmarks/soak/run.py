@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 import benchmarks.soak as soak
-from benchmarks.report import RESULTS, commit
+from benchmarks.report import RESULTS, commit, from_engine
 from benchmarks.soak.data import SEED_EVENTS, SetupTimes, SoakData, index_and_seed, load_data
 from benchmarks.soak.load import MIX, Call, Stream, all_calls, run_streams
 from benchmarks.soak.output import markdown, plot, save
@@ -34,6 +34,7 @@ from benchmarks.soak.stats import (
 )
 from engine.client import MmrecClient
 from engine.config import EngineConfig
+from engine.domain import EngineInfo
 from indexers.datasets import DATASETS
 
 SETUP_S, INDEX_S_PER_FILM = 35.0, 0.025
@@ -108,13 +109,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             print(f"setup: ready in {setup.ready_s:.1f} s, {setup.items:,} films indexed in "
                   f"{setup.index_s:.1f} s, {setup.events:,} seed ratings in "
                   f"{setup.events_s:.1f} s", flush=True)
+            with MmrecClient(server.target, timeout=60) as client:
+                info = client.info()  # what the server loaded, for the provenance
             run = _load(server, data, args)
         finally:
             stopping = time.perf_counter()
             exit_code = server.stop()
             print(f"server stopped in {time.perf_counter() - stopping:.1f} s (exit code "
                   f"{exit_code})", flush=True)
-    return _report(args, data, setup, run, exit_code)
+    return _report(args, data, setup, run, exit_code, info)
 
 
 def setup_server(server: ServerProcess, data: SoakData) -> SetupTimes:
@@ -158,8 +161,9 @@ def _load(server: ServerProcess, data: SoakData, args: argparse.Namespace) -> Lo
 
 
 def _report(args: argparse.Namespace, data: SoakData, setup: SetupTimes, run: LoadRun,
-            exit_code: int) -> dict[str, Any]:
-    """Summarise, print, and write soak.json, soak.md and soak.png."""
+            exit_code: int, info: EngineInfo) -> dict[str, Any]:
+    """Summarise, print, and write soak.json, soak.md and soak.png; ``info`` is the server's
+    (its models, store and device: the provenance)."""
     calls, wall, rss_t, rss = run.calls, run.wall_s, run.rss_t, run.rss_mib
     rpcs = summarise_calls(calls, list(MIX), wall)
     trend = fit_rss(rss_t, rss, warmup_seconds(args.seconds))
@@ -188,7 +192,8 @@ def _report(args: argparse.Namespace, data: SoakData, setup: SetupTimes, run: Lo
         "throughput_per_s_10s": throughput,
     }
     text = markdown(result, rpcs, trend)
-    json_path, md_path = save(args.out, result, text)
+    json_path, md_path = save(args.out, result, text,
+                              provenance=from_engine(info, data.describe()))
     plot(args.out / "soak.png", rss_t, rss, trend, rpcs, throughput,
          result["rss"]["index_builds"])
     print(text)
