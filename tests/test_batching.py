@@ -1,4 +1,4 @@
-"""Dynamic micro-batching of query encoding (engine.encoders.batching, Vectoriser.query).
+"""Dynamic micro-batching of query encoding (engine.batching, Vectoriser.query).
 
 Batches are made to form deterministically: a gate holds the first forward pass while
 other callers queue behind it, and the test waits for the queue to hold them before it
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.batching import MicroBatcher
 from engine.config import EngineConfig, QueryBatchingSettings, TextEncoderSettings
 from engine.domain import CLIP, TEXT, EncodedQuery, SparseVector
 from engine.encoders import (
@@ -29,7 +30,6 @@ from engine.encoders import (
     create_clip_encoder,
     create_text_encoder,
 )
-from engine.encoders.batching import MicroBatcher
 from engine.encoders.fusion import VectorFuser
 from engine.encoders.vectoriser import Vectoriser
 from tests.tiny_models import make_tiny_clip_settings

@@ -1,5 +1,5 @@
-"""The ``[query_batching]`` section: dynamic micro-batching of query encoding across
-concurrent requests (``engine.encoders.batching``). Re-exported by :mod:`engine.config`.
+"""The ``[query_batching]`` section: dynamic micro-batching of query encoding and of store
+searches across concurrent requests (``engine.batching``). Re-exported by :mod:`engine.config`.
 """
 
 from __future__ import annotations
@@ -20,5 +20,9 @@ class QueryBatchingSettings(BaseModel):
         "batch, counted from its arrival and never past its request's deadline. A query that "
         "arrives while no other is queued or being encoded starts at once and waits nothing.")
     max_batch: int = Field(
-        32, ge=1, le=1024, description="Most queries in one forward pass; a full batch starts "
-        "without waiting out the window.")
+        32, ge=1, le=1024, description="Most queries in one forward pass (or searches in one "
+        "store request); a full batch starts without waiting out the window.")
+    store: bool = Field(
+        True, description="Also send the hybrid searches that arrive together to the store "
+        "as one request (qdrant-edge query_batch, the server's query_batch_points), with the "
+        "same window and maximum; needs enabled. Off: one store request per search.")

@@ -7,7 +7,7 @@ differences are which encoder entry point reads the text (documents or
 queries) and what a missing input means: an item needs text or an image some
 channel can read, a query needs text, an image, or both. Concurrent queries are
 encoded together, one forward pass per encoder for each batch
-(:class:`~engine.encoders.batching.MicroBatcher`, ``[query_batching]``).
+(:class:`~engine.batching.MicroBatcher`, ``[query_batching]``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.batching import MicroBatcher
 from engine.config import QueryBatchingSettings
 from engine.domain import (
     CLIP,
@@ -31,7 +32,6 @@ from engine.domain import (
     SparseVector,
 )
 from engine.encoders.base import ClipEncoder, TextEncoder
-from engine.encoders.batching import MicroBatcher
 from engine.encoders.fusion import VectorFuser, mix_clip
 from engine.encoders.lexical import LexicalEncoder
 

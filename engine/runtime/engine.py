@@ -95,6 +95,9 @@ class Engine:
                 self._check_dim(name, model)
                 self.behaviour.serve(name, model, model.tenant)
         self._store = store if store is not None else open_store(config.store, self.schema)
+        batching = config.query_batching
+        if batching.enabled and batching.store:
+            self._store.batch_searches(window_ms=batching.window_ms, max_batch=batching.max_batch)
         self.users = users if users is not None else open_user_store(
             config.store, {"profile": self.fuser.dim})
         self.vectoriser = Vectoriser(

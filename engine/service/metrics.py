@@ -21,7 +21,8 @@ in each lane) and ``mmrec_lane_limit{lane}``, ``mmrec_store_items{tenant}`` and
 (0 when those store reads failed). Store reads are cached for :data:`STORE_CACHE_SECONDS`,
 so a busy scraper costs a few counts every few seconds. With query batching on,
 ``mmrec_query_batch_size`` is a histogram of the queries each forward pass of the query
-encoders took (``engine.encoders.batching``).
+encoders took, and ``mmrec_store_search_batch_size`` of the searches each store request
+carried (``engine.batching``).
 """
 
 from __future__ import annotations
@@ -145,18 +146,15 @@ class EngineCollector(Collector):
         yield from self._store_metrics(self._store_counts())
 
     def _batch_metrics(self) -> Iterator[Metric]:
-        """The histogram of query batch sizes, when queries are batched."""
+        """The histograms of query batch sizes (encoder passes, store requests), when batched."""
         batcher = self.engine.vectoriser.batcher
-        if batcher is None:
-            return
-        sizes = batcher.batch_sizes()
-        buckets = [(str(bound), float(sum(n for size, n in sizes.items() if size <= bound)))
-                   for bound in BATCH_SIZE_BUCKETS]
-        buckets.append(("+Inf", float(sum(sizes.values()))))
-        yield HistogramMetricFamily(
-            "mmrec_query_batch_size", "Queries encoded together in one forward pass of the "
-            "query encoders.", buckets=buckets,
-            sum_value=float(sum(size * n for size, n in sizes.items())))
+        if batcher is not None:
+            yield _size_histogram("mmrec_query_batch_size", "Queries encoded together in one "
+                                  "forward pass of the query encoders.", batcher.batch_sizes())
+        searches = self.engine.store.search_batch_sizes()
+        if searches:
+            yield _size_histogram("mmrec_store_search_batch_size", "Hybrid searches sent to "
+                                  "the store together in one request.", searches)
 
     def _store_counts(self) -> StoreCounts:
         """The cached reading, or a new one when it is older than STORE_CACHE_SECONDS."""
@@ -222,3 +220,12 @@ class MetricsEndpoint:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+
+def _size_histogram(name: str, documentation: str, sizes: dict[int, int]) -> Metric:
+    """A histogram of batch sizes from a batcher's ``{size: count}``."""
+    buckets = [(str(bound), float(sum(n for size, n in sizes.items() if size <= bound)))
+               for bound in BATCH_SIZE_BUCKETS]
+    buckets.append(("+Inf", float(sum(sizes.values()))))
+    return HistogramMetricFamily(name, documentation, buckets=buckets,
+                                 sum_value=float(sum(size * n for size, n in sizes.items())))

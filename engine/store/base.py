@@ -291,6 +291,15 @@ class VectorStore(StoreLifecycle):
         ``engine.store.hybrid``).
         """
 
+    @abc.abstractmethod
+    def batch_searches(self, *, window_ms: float, max_batch: int) -> None:
+        """From now on let concurrent ``hybrid_search`` calls share one backend request
+        (``engine.store.batched``; ``[query_batching] store``)."""
+
+    @abc.abstractmethod
+    def search_batch_sizes(self) -> dict[int, int]:
+        """How many backend requests carried each number of searches (empty when unbatched)."""
+
     def search(
         self, vector: np.ndarray | SparseVector, *, using: str, limit: int, tenant: str
     ) -> list[SearchHit]:

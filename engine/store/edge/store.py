@@ -62,6 +62,7 @@ from engine.store.base import (
     stored_vector,
     unique_in_order,
 )
+from engine.store.batched import BatchedSearch
 from engine.store.edge.data_dir import DataDir, DataDirInUse
 from engine.store.edge.filters import edge_filter, edge_tenant_filter
 from engine.store.edge.query import edge_vector, hybrid_requests
@@ -148,6 +149,7 @@ class EdgeStore(VectorStore):
             self._dir.release()
             raise
         self._builds = IndexBuilds(self._dir, self._write_lock, self._serving, self._install)
+        self.searches = BatchedSearch(schema, self._search_plans)
         logger.info("opened %s", self.description)
 
     # -- reading -----------------------------------------------------------------------------
@@ -169,20 +171,33 @@ class EdgeStore(VectorStore):
                     self._readers.notify_all()
 
     def hybrid_search(self, query: HybridQuery) -> list[FusedHit]:
-        """One Query API request: a prefetch per channel, fused (see ``VectorStore``)."""
-        planned = self._planned(query)
-        if planned is None:
-            return []
-        plan, batch = planned
+        """One Query API request: a prefetch per channel, fused (see ``VectorStore``); with
+        batching on, shared with concurrent searches (``engine.store.batched``)."""
+        return self.searches(query)
+
+    def _search_plans(self, plans: list[HybridPlan]) -> list[list[FusedHit]]:
+        """Every plan's sub-requests in one qdrant-edge ``query_batch``; each plan's hits."""
+        batches = [hybrid_requests(plan, self._hnsw_ef, self.quantization) for plan in plans]
         with self._reading() as shard, backend_errors("search"):
-            results = shard.query_batch(batch)
-        points = [(str(p.id), p.payload, p.score) for p in results[0]]
-        # A nearest ranking scores by similarity, the popularity ranking by popularity.
-        rankings = [
-            [(str(p.id), p.score if p.order_value is None else p.order_value) for p in ranking]
-            for ranking in results[1:]
-        ]
-        return fused_hits(plan, points, rankings or None)
+            results = shard.query_batch(QueryBatchRequest([r for b in batches for r in b]))
+        hits, start = [], 0
+        for plan, batch in zip(plans, batches, strict=True):
+            first, *rankings = results[start:start + len(batch)]
+            start += len(batch)
+            points = [(str(p.id), p.payload, p.score) for p in first]
+            # A nearest ranking scores by similarity, the popularity ranking by popularity.
+            ranked = [[(str(p.id), p.score if p.order_value is None else p.order_value)
+                       for p in ranking] for ranking in rankings]
+            hits.append(fused_hits(plan, points, ranked or None))
+        return hits
+
+    def batch_searches(self, *, window_ms: float, max_batch: int) -> None:
+        """Concurrent searches share one request from now on (see ``VectorStore``)."""
+        self.searches.enable(window_ms=window_ms, max_batch=max_batch)
+
+    def search_batch_sizes(self) -> dict[int, int]:
+        """Searches per backend request so far (see ``VectorStore``)."""
+        return self.searches.batch_sizes()
 
     def raw_query_seconds(self, query: HybridQuery) -> float:
         """Seconds qdrant-edge alone spends answering ``query`` (its one batch request).

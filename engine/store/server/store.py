@@ -47,8 +47,9 @@ from engine.store.base import (
     stored_vector,
     unique_in_order,
 )
+from engine.store.batched import BatchedSearch
 from engine.store.filters import plan_filter, with_condition
-from engine.store.hybrid import fused_hits, plan_hybrid
+from engine.store.hybrid import HybridPlan, fused_hits
 from engine.store.retry import RetryPolicy
 from engine.store.schema import Quantization
 from engine.store.server.client import (
@@ -129,6 +130,7 @@ class ServerStore(ServerCollection, VectorStore):
         self._placement = dict(placement or {})
         self._hnsw_ef = hnsw_ef
         self._write_lock = threading.Lock()  # read-modify-writes of this process
+        self.searches = BatchedSearch(schema, self._search_plans)
         self._open(url_or_client, api_key, retry)
 
     def _differences(self, info: models.CollectionInfo) -> list[str]:
@@ -263,21 +265,34 @@ class ServerStore(ServerCollection, VectorStore):
         return len(stored)
 
     def hybrid_search(self, query: HybridQuery) -> list[FusedHit]:
-        """One Query API request: a prefetch per channel, fused (see ``VectorStore``)."""
+        """One Query API request: a prefetch per channel, fused (see ``VectorStore``); with
+        batching on, shared with concurrent searches (``engine.store.batched``)."""
         self._check_open()
-        plan = plan_hybrid(self.schema, query)
-        if plan is None:
-            return []
-        requests = hybrid_requests(plan, self._hnsw_ef, self.quantization)
+        return self.searches(query)
+
+    def _search_plans(self, plans: list[HybridPlan]) -> list[list[FusedHit]]:
+        """Every plan's sub-requests in one ``query_batch_points`` call; each plan's hits."""
+        batches = [hybrid_requests(plan, self._hnsw_ef, self.quantization) for plan in plans]
         responses = self._call("search", lambda: self._client.query_batch_points(
-            self._collection, requests=requests))
-        points = [(str(p.id), p.payload, p.score) for p in responses[0].points]
-        # A nearest ranking scores by similarity, the popularity ranking by popularity.
-        rankings = [
-            [(str(p.id), p.score if p.order_value is None else p.order_value) for p in r.points]
-            for r in responses[1:]
-        ]
-        return fused_hits(plan, points, rankings or None)
+            self._collection, requests=[r for b in batches for r in b]))
+        hits, start = [], 0
+        for plan, batch in zip(plans, batches, strict=True):
+            first, *rankings = responses[start:start + len(batch)]
+            start += len(batch)
+            points = [(str(p.id), p.payload, p.score) for p in first.points]
+            # A nearest ranking scores by similarity, the popularity ranking by popularity.
+            ranked = [[(str(p.id), p.score if p.order_value is None else p.order_value)
+                       for p in r.points] for r in rankings]
+            hits.append(fused_hits(plan, points, ranked or None))
+        return hits
+
+    def batch_searches(self, *, window_ms: float, max_batch: int) -> None:
+        """Concurrent searches share one request from now on (see ``VectorStore``)."""
+        self.searches.enable(window_ms=window_ms, max_batch=max_batch)
+
+    def search_batch_sizes(self) -> dict[int, int]:
+        """Searches per backend request so far (see ``VectorStore``)."""
+        return self.searches.batch_sizes()
 
     def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:
         """The records that exist, in the order asked, each once."""

@@ -1,9 +1,10 @@
-"""Dynamic micro-batching: concurrent callers share one forward pass of a model.
+"""Dynamic micro-batching: concurrent callers share one pass of a model or one store request.
 
-The service encodes each Search and Recommend query on a lane thread
-(``engine.service.lanes``). Alone, every query pays a whole forward pass per encoder, and
-concurrent passes only fight over the same cores; a text-embedding server instead queues
-the requests and runs them as one batch. :class:`MicroBatcher` does that for any
+The service answers each Search and Recommend on a lane thread (``engine.service.lanes``).
+Alone, every query pays a whole forward pass per encoder (``engine.encoders.vectoriser``)
+and a whole store request (``engine.store.batched``), and concurrent passes only fight over
+the same cores; a text-embedding server instead queues the requests and runs them as one
+batch. :class:`MicroBatcher` does that for any
 ``forward(list of inputs) -> rows`` with threads only (no event loop, no thread of its
 own): each caller blocks in :meth:`MicroBatcher.__call__`, and the oldest waiting caller
 runs the forward pass for its batch on its own thread, then hands every caller its row.
