@@ -17,11 +17,16 @@ TUXPAINT := $(DATA)/datasets/tuxpaint/.unpacked
 MODELS_DIR ?= $(or $(MMREC_RERANK__MODELS_DIR),$(or $(filter /%,$(XDG_CACHE_HOME)),$(HOME)/.cache)/mmrec/models)
 SMOLLM2 := $(MODELS_DIR)/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA3 := $(MODELS_DIR)/gemma3-270m/gemma-3-270m-q4_k_m.gguf
+# axe-core (npm) for the explorer's accessibility test, in a git-ignored folder; no CDN.
+NODE_TOOLS := $(DATA)/node
+AXE := $(NODE_TOOLS)/node_modules/axe-core/axe.min.js
+AXE_VERSION := 4.14.1
 
 .PHONY: demo test bench install data models tools protos lint clean
 
-demo: install data models  ## index the demo data, serve it, query it over gRPC
-	$(VENV)/bin/mmrec demo
+# The explorer page stays up until Ctrl-C; `make demo DEMO_ARGS=--no-explore` exits after the queries.
+demo: install data models  ## index the demo data, serve it, query it over gRPC, open the explorer
+	$(VENV)/bin/mmrec demo $(DEMO_ARGS)
 
 test: install models tools  ## lint, check stubs, imports and types, run the tests (the real SmolLM2 test needs models)
 	$(PY) protos/generate.py --check
@@ -43,6 +48,13 @@ tools:
 		|| apt-get install -y -qq docker-compose >/dev/null 2>&1 \
 		|| { apt-get update -qq && apt-get install -y -qq docker-compose; } >/dev/null 2>&1 \
 		|| echo "docker-compose is not installable here: the compose topology test will skip"
+# Debian's chromium and axe-core drive tests/test_explore_browser.py (Playwright, no browser download).
+	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+		|| echo "chromium is not installable here: the explorer's browser tests will skip"
+	@test -f $(AXE) || npm install --silent --no-audit --no-fund --prefix $(NODE_TOOLS) \
+		axe-core@$(AXE_VERSION) >/dev/null 2>&1 \
+		|| echo "axe-core is not installable here (npm): the explorer's accessibility check will skip"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

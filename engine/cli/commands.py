@@ -1,4 +1,4 @@
-"""The `mmrec` command line: serve, index, search, info, keys and the demo."""
+"""The `mmrec` command line: serve, index, search, info, keys, explore and the demo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from engine.cli.bench import bench
+from engine.cli.explore import explore
 from engine.cli.keys import keys_app
 from engine.cli.render import print_info, print_results
 from engine.config import EngineConfig
@@ -68,6 +69,7 @@ def serve(
 app.command("index")(index_catalog)
 app.add_typer(keys_app, name="keys")
 app.command("bench")(bench)
+app.command("explore")(explore)
 
 
 @app.command("train-seq")
@@ -222,13 +224,21 @@ def demo(
         Path(".mmrec/demo")),
     port: Annotated[int, typer.Option(help="Loopback port for the demo service.")] = 50071,
     config: ConfigOpt = None,
+    explore: Annotated[bool, typer.Option(
+        "--explore/--no-explore",
+        help="After the queries, serve the explorer page and keep both running until "
+        "Ctrl-C; --no-explore stops the service and exits.")] = True,
+    explore_port: Annotated[int, typer.Option(help="Loopback port of the explorer page.")] = (
+        8765),
 ) -> None:
-    """Index MovieLens-100k films and Tux Paint stamps, serve them, and query over gRPC."""
+    """Index MovieLens-100k films and Tux Paint stamps, serve them, query over gRPC, and open
+    the explorer web page."""
     from engine.cli.demo import run_demo
 
     cfg = _config(config, data_dir)
     quiet_model_loading()
-    sys.exit(run_demo(cfg, datasets=datasets, port=port, config_file=config))
+    sys.exit(run_demo(cfg, datasets=datasets, port=port, config_file=config,
+                      explore_port=explore_port if explore else None))
 
 
 def _fail(exc: MmrecError) -> None:

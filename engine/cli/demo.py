@@ -98,8 +98,9 @@ def build_catalog(datasets: Path, out: Path, console: Console) -> Path | None:
 
 
 def run_demo(config: EngineConfig, *, datasets: Path, port: int,
-             config_file: Path | None = None) -> int:
-    """Index, serve, query, stop. Returns a process exit code."""
+             config_file: Path | None = None, explore_port: int | None = None) -> int:
+    """Index, serve, query; then, with ``explore_port``, serve the explorer page until Ctrl-C;
+    stop. Returns a process exit code."""
     console = Console()
     if not console.is_terminal:  # piped output: wide enough for the explanation column
         console = Console(width=140)
@@ -141,7 +142,8 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
                   "any other address requires API keys (`mmrec keys create`)")
     # The one re-ranked, explained search asks for DEMO_BUDGET_MS (LLM reasons on a CPU).
     budget = max(config.service.limits.max_rerank_budget_ms, DEMO_BUDGET_MS)
-    server = subprocess.Popen(command, env={
+    # Its own session: Ctrl-C (for the explorer) reaches the demo, which then stops it.
+    server = subprocess.Popen(command, start_new_session=True, env={
         **os.environ, "MMREC_SERVICE__LIMITS__MAX_RERANK_BUDGET_MS": str(budget)})
     try:
         with MmrecClient(f"{LOOPBACK}:{port}", timeout=60) as client:
@@ -158,6 +160,9 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
             _recommend(client, console, events_log, bool(llm and llm.loaded))
             console.rule("5. latency")
             _latency(client, console, info)
+        if explore_port is not None:
+            console.rule("6. explore")
+            _explore(f"{LOOPBACK}:{port}", explore_port, stamps_dir(datasets), console)
     except MmrecError as exc:  # the service's answer, in one line rather than a traceback
         console.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
         failed = True
@@ -168,6 +173,26 @@ def run_demo(config: EngineConfig, *, datasets: Path, port: int,
         code = server.wait(timeout=60)
     console.print(f"service stopped (exit code {code})")
     return 0 if code == 0 and not failed else 1
+
+
+def _explore(service: str, port: int, stamps: Path | None, console: Console) -> None:
+    """Serve the explorer page on loopback (thumbnails from the stamps) until Ctrl-C."""
+    from engine.cli.explore import ExplorerNotStarted, start_explorer, wait_for_interrupt
+
+    try:
+        explorer = start_explorer(service, port=port, host=LOOPBACK,
+                                  images_roots=[stamps] if stamps else [])
+    except ExplorerNotStarted as exc:
+        console.print(f"[red]explorer not started[/]: {escape(str(exc))} "
+                      f"(`mmrec demo --explore-port N`)")
+        return
+    console.print(f"explorer: open {explorer.url} (search, explanations, users, timings); "
+                  f"the service and the explorer run until Ctrl-C "
+                  f"(`mmrec demo --no-explore` stops here)", highlight=False)
+    try:
+        wait_for_interrupt()
+    finally:
+        explorer.stop()
 
 
 def _on_loopback(config: EngineConfig) -> EngineConfig:
