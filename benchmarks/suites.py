@@ -133,6 +133,7 @@ SUITES: tuple[Suite, ...] = (
     Suite("service", "gRPC Search and Recommend QPS and p50/p95/p99 at 1, 8 and 32 clients "
           "against the raw parts", (
         Step("service_load", (), ("--quick",), 6, 1.5),
+        Step("store_batching", ("--out", OUT), ("--quick", "--out", OUT), 2, 0.3),
         Step("search_latency", (), None, 15, 0),
         Step("recommend_latency", (), None, 10, 0)),
           movielens),

@@ -23,6 +23,8 @@ class QueryBatchingSettings(BaseModel):
         32, ge=1, le=1024, description="Most queries in one forward pass (or searches in one "
         "store request); a full batch starts without waiting out the window.")
     store: bool = Field(
-        True, description="Also send the hybrid searches that arrive together to the store "
+        False, description="Also send the hybrid searches that arrive together to the store "
         "as one request (qdrant-edge query_batch, the server's query_batch_points), with the "
-        "same window and maximum; needs enabled. Off: one store request per search.")
+        "same window and maximum; needs enabled. Off (the default: on the embedded store it "
+        "cut the raw cost per search but not the service's, see docs/ARCHITECTURE.md): one "
+        "store request per search.")

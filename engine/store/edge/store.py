@@ -205,20 +205,14 @@ class EdgeStore(VectorStore):
         For benchmarks that set the service against its raw parts: the plan and the
         request are built before the clock starts, and the answer is not converted.
         """
-        planned = self._planned(query)
-        if planned is None:
-            return 0.0
-        with self._reading() as shard, backend_errors("search"):
-            started = time.perf_counter()
-            shard.query_batch(planned[1])
-            return time.perf_counter() - started
-
-    def _planned(self, query: HybridQuery) -> tuple[HybridPlan, QueryBatchRequest] | None:
-        """The validated plan of ``query`` and its one qdrant-edge batch (None: nothing to ask)."""
         plan = plan_hybrid(self.schema, query)
         if plan is None:
-            return None
-        return plan, QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef, self.quantization))
+            return 0.0
+        request = QueryBatchRequest(hybrid_requests(plan, self._hnsw_ef, self.quantization))
+        with self._reading() as shard, backend_errors("search"):
+            started = time.perf_counter()
+            shard.query_batch(request)
+            return time.perf_counter() - started
 
     def get(self, ids: Sequence[str], *, tenant: str) -> list[ItemRecord]:
         """The records that exist, in the order asked, each once."""
