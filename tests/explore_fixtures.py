@@ -26,27 +26,9 @@ from engine.runtime.engine import Engine
 from indexers.catalog import row_to_record
 from indexers.datasets import movielens_items
 from tests.conftest import ServerThread, make_config, png_bytes
+from tests.test_readme import FILMS
 from tests.tiny_llm import make_tiny_llm
 from tests.tiny_models import make_tiny_clip_settings
-
-FILMS = "\n".join([
-    "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",
-    "1\tToy Story\t1995\tAnimation Children's Comedy",
-    "50\tStar Wars\t1977\tAction Adventure Romance Sci-Fi War",
-    "71\tLion King, The\t1994\tAnimation Children's Musical",
-    "82\tJurassic Park\t1993\tAction Adventure Sci-Fi",
-    "95\tAladdin\t1992\tAnimation Children's Comedy Musical",
-    "172\tEmpire Strikes Back, The\t1980\tAction Adventure Drama Romance Sci-Fi War",
-    "176\tAliens\t1986\tAction Sci-Fi Thriller War",
-    "181\tReturn of the Jedi\t1983\tAction Adventure Romance Sci-Fi War",
-    "183\tAlien\t1979\tAction Horror Sci-Fi Thriller",
-    "222\tStar Trek: First Contact\t1996\tAction Adventure Sci-Fi",
-    "228\tStar Trek: The Wrath of Khan\t1982\tAction Adventure Sci-Fi",
-    "258\tContact\t1997\tDrama Sci-Fi",
-    "271\tStarship Troopers\t1997\tAction Adventure Sci-Fi War",
-    "449\tStar Trek: The Motion Picture\t1979\tAction Adventure Sci-Fi",
-]) + "\n"
-"""Real rows of MovieLens-100k's ``ml-100k.item`` (as in tests/test_readme.py)."""
 
 PICTURES = [("stamp-cat", "a cute cat", "animals"), ("stamp-dog", "a happy dog", "animals"),
             ("stamp-truck", "a red fire truck", "vehicles"),
