@@ -295,3 +295,21 @@ def fused_hits(
         ))
     hits.sort(key=lambda hit: (-hit.score, hit.record.id))
     return hits
+
+
+def hits_per_plan(plans: Sequence[HybridPlan], sizes: Sequence[int],
+                  results: Sequence[Sequence[Any]]) -> list[list[FusedHit]]:
+    """Each plan's hits from one batched answer of both backends: ``results`` holds the
+    points of every sub-request in order (``sizes[i]`` of them are plan ``i``'s: its fused
+    request, then its rankings); a point has ``id``, ``payload``, ``score`` and
+    ``order_value``."""
+    hits, start = [], 0
+    for plan, size in zip(plans, sizes, strict=True):
+        first, *rankings = results[start:start + size]
+        start += size
+        points = [(str(p.id), p.payload, p.score) for p in first]
+        # A nearest ranking scores by similarity, the popularity ranking by popularity.
+        ranked = [[(str(p.id), p.score if p.order_value is None else p.order_value)
+                   for p in ranking] for ranking in rankings]
+        hits.append(fused_hits(plan, points, ranked or None))
+    return hits

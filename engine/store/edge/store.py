@@ -76,7 +76,7 @@ from engine.store.edge.shard import (
     write_manifest,
 )
 from engine.store.filters import plan_filter, with_condition
-from engine.store.hybrid import HybridPlan, fused_hits, plan_hybrid
+from engine.store.hybrid import HybridPlan, hits_per_plan, plan_hybrid
 from engine.store.schema import Quantization
 
 if TYPE_CHECKING:
@@ -180,16 +180,7 @@ class EdgeStore(VectorStore):
         batches = [hybrid_requests(plan, self._hnsw_ef, self.quantization) for plan in plans]
         with self._reading() as shard, backend_errors("search"):
             results = shard.query_batch(QueryBatchRequest([r for b in batches for r in b]))
-        hits, start = [], 0
-        for plan, batch in zip(plans, batches, strict=True):
-            first, *rankings = results[start:start + len(batch)]
-            start += len(batch)
-            points = [(str(p.id), p.payload, p.score) for p in first]
-            # A nearest ranking scores by similarity, the popularity ranking by popularity.
-            ranked = [[(str(p.id), p.score if p.order_value is None else p.order_value)
-                       for p in ranking] for ranking in rankings]
-            hits.append(fused_hits(plan, points, ranked or None))
-        return hits
+        return hits_per_plan(plans, [len(b) for b in batches], results)
 
     def batch_searches(self, *, window_ms: float, max_batch: int) -> None:
         """Concurrent searches share one request from now on (see ``VectorStore``)."""

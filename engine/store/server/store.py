@@ -49,7 +49,7 @@ from engine.store.base import (
 )
 from engine.store.batched import BatchedSearch
 from engine.store.filters import plan_filter, with_condition
-from engine.store.hybrid import HybridPlan, fused_hits
+from engine.store.hybrid import HybridPlan, hits_per_plan
 from engine.store.retry import RetryPolicy
 from engine.store.schema import Quantization
 from engine.store.server.client import (
@@ -275,16 +275,7 @@ class ServerStore(ServerCollection, VectorStore):
         batches = [hybrid_requests(plan, self._hnsw_ef, self.quantization) for plan in plans]
         responses = self._call("search", lambda: self._client.query_batch_points(
             self._collection, requests=[r for b in batches for r in b]))
-        hits, start = [], 0
-        for plan, batch in zip(plans, batches, strict=True):
-            first, *rankings = responses[start:start + len(batch)]
-            start += len(batch)
-            points = [(str(p.id), p.payload, p.score) for p in first.points]
-            # A nearest ranking scores by similarity, the popularity ranking by popularity.
-            ranked = [[(str(p.id), p.score if p.order_value is None else p.order_value)
-                       for p in r.points] for r in rankings]
-            hits.append(fused_hits(plan, points, ranked or None))
-        return hits
+        return hits_per_plan(plans, [len(b) for b in batches], [r.points for r in responses])
 
     def batch_searches(self, *, window_ms: float, max_batch: int) -> None:
         """Concurrent searches share one request from now on (see ``VectorStore``)."""
