@@ -101,9 +101,11 @@ def test_the_offline_ranking_is_the_engines(engine: Engine, stage: OfflineFirstS
         score_of = {stage.item_ids[i]: float(s) for i, s in zip(items, fused, strict=True)}
         assert not set(got) & set(history)
         # the engine's scores are ours, position by position, and each item it lists
-        # holds our score of that position: the same ranking up to Qdrant's unordered ties
-        assert scores == pytest.approx(fused[:len(got)].tolist(), rel=1e-5, abs=1e-6)
-        assert [score_of[i] for i in got] == pytest.approx(scores, rel=1e-5, abs=1e-6)
+        # holds our score of that position: the same ranking up to Qdrant's unordered ties.
+        # Qdrant fuses in float32 and DBSF divides by a channel's spread, which turns float32
+        # rounding into relative errors of ~1e-5 (seen: 1.25e-5), so the bound is 1e-4
+        assert scores == pytest.approx(fused[:len(got)].tolist(), rel=1e-4, abs=1e-5)
+        assert [score_of[i] for i in got] == pytest.approx(scores, rel=1e-4, abs=1e-5)
         assert len(got) == len(stage.fuse(user_lists, settings, 5))
 
 
